@@ -1,0 +1,140 @@
+"""Checkpoint I/O: atomic saves, loads that can never run code, and strict loading of the released weights.
+
+* ``save_checkpoint(obj, path)``: temp file in the same folder, fsync, rename.  A process killed mid-write leaves
+  the previous file untouched; there is never a half-written checkpoint under the real name.
+* ``load_checkpoint(path)``: ``torch.load(weights_only=True)``.  A file whose pickle would build arbitrary objects
+  (and could therefore run code) is refused before anything in it is executed.
+* ``load_model(kind, preset, path)``: builds the model of a preset and loads a checkpoint into it with
+  ``strict=True``, after converting the released formats:
+
+  ===============================  ==========================================================================
+  MaskBit generator ``.bin``       plain state dict; old name ``token_emb.*`` is renamed to ``input_proj.*``
+  MaskBit tokenizer ``.bin``       plain state dict (``quantize.codebook`` / ``bits_to_indices`` included)
+  MaskGIT ``MaskGIT_*.pth``        weights under ``model_state_dict`` (plus optimiser state, iteration, ...)
+  taming VQGAN ``last.ckpt``       Lightning file: weights under ``state_dict``; ``loss.*`` entries dropped
+  this project's own files         ``{"format": FORMAT, "kind", "preset", "config", "model", ...}``
+  ===============================  ==========================================================================
+
+  A missing file, a file of another model or preset, or a shape mismatch is one ``UserError`` line naming the
+  file, the preset and the first offending keys.  Nothing is ever partially loaded.
+
+Run ``python checkpoints.py PATH`` to see what a checkpoint file holds.
+"""
+import os
+import pickle
+import sys
+import tempfile
+import zipfile
+
+import torch
+
+from config import PRESETS, UserError, get_preset
+
+FORMAT = "dimo-reference/1"
+
+
+def save_checkpoint(obj, path):
+    """torch.save to a temp file in the same folder, fsync, then rename: a kill leaves the old file intact."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_checkpoint(path, what="checkpoint"):
+    """torch.load(weights_only=True) with one-line errors for a missing, truncated, corrupted or unsafe file."""
+    if not os.path.isfile(path):
+        raise UserError(f"{what} '{path}' does not exist (check the path)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = (str(e).strip().splitlines() or ["?"])[0]
+        raise UserError(f"{what} '{path}' was refused without being run: it asks to build objects that a "
+                        f"weights-only load does not allow, so it could execute code ({first[:100]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{what} '{path}' is truncated or corrupted and cannot be read ({first[:100]})") from None
+
+
+def own_checkpoint(kind, preset, config, model, **extra):
+    """The self-describing dict this project writes for a trained tokenizer or teacher."""
+    return dict(format=FORMAT, kind=kind, preset=preset, config=config, model=model.state_dict(), **extra)
+
+
+def is_tensor_dict(obj):
+    return isinstance(obj, dict) and len(obj) > 0 and all(torch.is_tensor(v) for v in obj.values())
+
+
+def convert_state_dict(raw, kind, family, path):
+    """Any supported file layout -> (state dict with the official key names, note on what was mapped)."""
+    if isinstance(raw, dict) and raw.get("format") == FORMAT:
+        return raw["model"], "own checkpoint"
+    if isinstance(raw, dict) and is_tensor_dict(raw.get("model_state_dict")):
+        return raw["model_state_dict"], "MaskGIT training checkpoint: took 'model_state_dict'"
+    if isinstance(raw, dict) and is_tensor_dict(raw.get("state_dict")):
+        sd = {k: v for k, v in raw["state_dict"].items() if not k.startswith("loss.")}
+        dropped = len(raw["state_dict"]) - len(sd)
+        return sd, f"Lightning checkpoint: took 'state_dict', dropped {dropped} 'loss.*' entries"
+    if not is_tensor_dict(raw):
+        keys = list(raw)[:4] if isinstance(raw, dict) else type(raw).__name__
+        raise UserError(f"'{path}' is not a {family} {kind} checkpoint: no state dict found (top-level: {keys})")
+    sd, note = dict(raw), "plain state dict"
+    if any(k.startswith("module.") for k in sd):                       # saved from a DDP wrapper
+        sd, note = {k.removeprefix("module."): v for k, v in sd.items()}, "stripped 'module.' (DDP) prefix"
+    if kind == "teacher" and family == "maskbit" and any(k.startswith("token_emb.") for k in sd):
+        sd = {("input_proj." + k[len("token_emb."):] if k.startswith("token_emb.") else k): v for k, v in sd.items()}
+        note += ", renamed 'token_emb.*' -> 'input_proj.*' (released MaskBit generators)"
+    return sd, note
+
+
+def check_fit(model, sd, path, preset):
+    """Raise one UserError line unless sd fits model exactly (same keys, same shapes)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"{len(v)} {name}: {', '.join(v[:3])}{' ...' if len(v) > 3 else ''}"
+                 for name, v in (("missing", missing), ("unexpected", unexpected),
+                                 ("shape mismatch (file vs preset)", shapes)) if v]
+        raise UserError(f"'{path}' does not fit preset '{preset}' ({'; '.join(parts)}); "
+                        f"pass the --teacher preset this file belongs to")
+
+
+def load_model(kind, preset, path, build, verbose=False):
+    """Build ``build(family, config)`` for a preset (or for the config stored in an own checkpoint) and load
+    ``path`` into it strictly.  kind: 'teacher' | 'tokenizer'.  Returns (model in eval mode, checkpoint dict)."""
+    p = get_preset(preset)
+    raw = load_checkpoint(path, f"{kind} checkpoint")
+    config = p["generator" if kind == "teacher" else "tokenizer"]
+    if isinstance(raw, dict) and raw.get("format") == FORMAT:
+        if raw.get("kind") != kind:
+            raise UserError(f"'{path}' is a {raw.get('kind')} checkpoint, not a {kind} checkpoint")
+        if raw.get("preset") not in PRESETS or PRESETS[raw["preset"]] is not p:
+            raise UserError(f"'{path}' belongs to preset '{raw.get('preset')}', not to '{preset}'; "
+                            f"pass --teacher {raw.get('preset')}")
+        config = raw["config"]
+    sd, note = convert_state_dict(raw, kind, p["family"], path)
+    model = build(p["family"], config)
+    check_fit(model, sd, path, preset)
+    model.load_state_dict(sd, strict=True)
+    if verbose:
+        print(f"loaded {kind} '{path}' into preset '{preset}' ({note})")
+    return model.eval(), raw if isinstance(raw, dict) else {}
+
+
+if __name__ == "__main__":
+    ckpt = load_checkpoint(sys.argv[1])
+    if isinstance(ckpt, dict):
+        for key, value in list(ckpt.items())[:40]:
+            print(key, tuple(value.shape) if torch.is_tensor(value) else type(value).__name__)

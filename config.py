@@ -1,0 +1,143 @@
+"""The tiny shared config: model presets, the device block and one-line CLI errors.
+
+Everything another file needs to agree on lives here, and nothing else:
+
+* ``PRESETS``: one small dict per model family member (architecture of the generator and tokenizer, the teacher
+  sampler's defaults, Di[M]O's distillation defaults, and where the released weights come from).  Values are the
+  official constructor arguments, so a preset can be read side by side with the official yaml files.
+* ``runtime(...)``: the one visible device / dtype / autocast / compile block every script uses.
+* ``UserError`` / ``ArgumentParser`` / ``cli``: bad input ends a script with one line on stderr and exit code 2,
+  never a traceback.
+
+Guidance convention (stated once, used everywhere): CFG logits are ``z = z_u + w * (z_c - z_u)`` with ``w = 1``
+meaning "no guidance" (Di[M]O's and MaskGIT's form).  MaskBit's configs write ``z_c + s * (z_c - z_u)``, i.e.
+``w = s + 1``; the MaskBit presets below store ``w`` already converted with ``maskbit_scale_to_w``.
+
+Run ``python config.py`` to list the presets.
+"""
+import argparse
+import contextlib
+import sys
+from types import SimpleNamespace
+
+import torch
+
+
+def maskbit_scale_to_w(s):
+    """MaskBit's guidance scale s (``cond + s*(cond-uncond)``) in our convention ``uncond + w*(cond-uncond)``."""
+    return s + 1.0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Presets.  'generator' = LFQBert / MaskTransformer kwargs, 'tokenizer' = VQGAN+ (LFQ) config or taming kwargs.
+# ----------------------------------------------------------------------------------------------------------------
+def _maskbit(bits, steps, s, rand_temp, scale_pow):
+    return dict(
+        family="maskbit",
+        generator=dict(img_size=256, input_stride=16, hidden_dim=1024, codebook_size=2 ** bits, codebook_splits=2,
+                       depth=24, heads=16, mlp_dim=4096, dropout=0.1, nclass=1000, use_prenorm=False),
+        tokenizer=dict(model_class="vqgan+", quantizer_type="lookup-free", codebook_size=2 ** bits, token_size=bits,
+                       commitment_cost=0.25, entropy_loss_weight=0.02, entropy_loss_temperature=0.01,
+                       entropy_gamma=1.0, num_channels=3, hidden_channels=128, channel_mult=[1, 1, 2, 2, 4],
+                       num_resolutions=5, num_res_blocks=2, sample_with_conv=True),
+        sampler=dict(steps=steps, schedule="arccos", temperature=1.0, randomize_temperature=rand_temp,
+                     remask="confidence", guidance=maskbit_scale_to_w(s), guidance_anneal="cosine",
+                     scale_pow=scale_pow),
+        # Soft-Di[M]O does not publish its MaskBit distillation settings; these are Di[M]O's MaskGIT values.
+        distill=dict(r_init=0.6, sigma_init=0.1, teacher_cfg=2.0, gen_temperature=1.0),
+        released=dict(generator=f"markweber/maskbit_generator_{bits}bit (pytorch_model.bin)",
+                      tokenizer=f"markweber/maskbit_tokenizer_{bits}bit (pytorch_model.bin)"),
+    )
+
+
+PRESETS = {
+    # Released MaskBit pairs (configs/generator/maskbit_generator_*.yaml; guidance converted to w = s + 1).
+    "maskbit-10bit": _maskbit(10, 64, 6.4, 10.5, 2.5),
+    "maskbit-12bit": _maskbit(12, 64, 7.1, 8.2, 3.0),
+    "maskbit-14bit": _maskbit(14, 64, 7.1, 7.8, 3.0),
+    "maskbit-16bit": _maskbit(16, 64, 6.5, 7.5, 2.5),
+    "maskbit-18bit": _maskbit(18, 64, 5.7, 8.5, 2.5),
+    # Di[M]O's MaskGIT: Halton-MaskGIT v1.0 "Small" + taming f16 VQGAN with 1024 codes.
+    "maskgit": dict(
+        family="maskgit",
+        generator=dict(img_size=256, hidden_dim=768, codebook_size=1024, depth=24, heads=16, mlp_dim=3072,
+                       dropout=0.1, nclass=1000),
+        tokenizer=dict(ddconfig=dict(double_z=False, z_channels=256, resolution=256, in_channels=3, out_ch=3, ch=128,
+                                     ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16], dropout=0.0),
+                       n_embed=1024, embed_dim=256),
+        # Di[M]O's teacher baseline: 16 steps, CFG 2.5 in MaskGIT's cond+w(cond-uncond) form with linear
+        # annealing (w = 3.5 here), softmax(logits * 1.3) (temperature 1/1.3 here), random re-masking.
+        sampler=dict(steps=16, schedule="arccos", temperature=1 / 1.3, randomize_temperature=0.0, remask="random",
+                     guidance=3.5, guidance_anneal="linear", scale_pow=1.0),
+        distill=dict(r_init=0.6, sigma_init=0.1, teacher_cfg=2.0, gen_temperature=1.0),
+        released=dict(generator="llvictorll/Maskgit-pytorch: pretrained_maskgit/MaskGIT/MaskGIT_ImageNet_256.pth",
+                      tokenizer="llvictorll/Maskgit-pytorch: pretrained_maskgit/VQGAN/last.ckpt (+ model.yaml)"),
+    ),
+}
+PRESETS["maskbit"] = PRESETS["maskbit-12bit"]  # the default released pair (see README: which MaskBit and why)
+
+
+def get_preset(name):
+    if name not in PRESETS:
+        raise UserError(f"unknown teacher preset '{name}'; choose one of: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Device, dtype, autocast, compile: decided here, in one visible block, CPU first.
+# ----------------------------------------------------------------------------------------------------------------
+def runtime(device="auto", amp=False, compile=False):
+    """Pick the device and say how the hot path runs.  Trainable weights always stay float32.
+
+    amp: bf16 autocast.  On CUDA that is the paper's mixed precision; on CPU it is allowed (and slow) so that the
+    code path can be exercised here, but only when asked for explicitly.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for CUDA, but torch.cuda.is_available() is False; use --device cpu")
+    dev = torch.device(device)
+    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+    maybe_compile = (lambda fn: torch.compile(fn)) if compile else (lambda fn: fn)
+    return SimpleNamespace(device=dev, amp=amp, autocast=autocast, compile=maybe_compile)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One-line errors for user mistakes.
+# ----------------------------------------------------------------------------------------------------------------
+class UserError(Exception):
+    """A mistake in the input (flag, file, data): reported as one line, exit code 2, no traceback."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but an error is one line ('error: ...') instead of usage + message."""
+
+    def error(self, message):
+        raise UserError(f"{self.prog}: {message} (see --help)")
+
+
+def cli(main):
+    """Run main(); a UserError becomes 'error: <message>' on stderr and exit code 2."""
+    try:
+        return main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def check_range(name, value, low=None, high=None, low_open=False, high_open=False):
+    """Raise a UserError unless low <= value <= high (with open ends where asked); return value."""
+    bad = (low is not None and (value < low or (low_open and value == low))) or \
+          (high is not None and (value > high or (high_open and value == high)))
+    if bad or value != value:  # value != value catches NaN
+        lo = "" if low is None else ("(" if low_open else "[") + f"{low}"
+        hi = "" if high is None else f"{high}" + (")" if high_open else "]")
+        raise UserError(f"{name} = {value} is out of range; it must lie in {lo or '(-inf'}, {hi or 'inf)'}")
+    return value
+
+
+if __name__ == "__main__":
+    for name, p in PRESETS.items():
+        g = p["generator"]
+        print(f"{name:14s} {p['family']:8s} D={g['hidden_dim']} depth={g['depth']} V={g['codebook_size']} "
+              f"sampler={p['sampler']}")

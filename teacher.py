@@ -1,0 +1,465 @@
+"""Masked-diffusion teachers: MaskBit's bit-token transformer (LFQBert) and MaskGIT's MaskTransformer.
+
+Both load the released checkpoints with ``strict=True`` and compute the same logits as the official classes
+(``tests/golden/SPEC.md`` sections 1 and 3).  Both also offer one uniform interface, which is all that the
+generator, the distillation loop and the evaluation use:
+
+    tokens [B, N, S] --features--> x [B, N, F] --input_embed--> e [B, N, D] --forward_embeddings--> logits [B, N, S, V]
+
+* MaskBit: a token is S per-split ids, each in [0, V) or the mask id V; ``features`` are its bits in {-1, +1}
+  (0 for a masked split, LSB first, split-major), ``input_embed`` is the linear ``input_proj``.  Logits are per
+  split: V = 2^(bits/S) classes each, no mask class.
+* MaskGIT: S = 1; ``features`` are rows of the shared ``tok_emb`` table and ``input_embed`` is the identity.  The
+  head is tied to ``tok_emb`` and keeps the mask class, so V = K + 1 (as in Di[M]O, where sampling, the divergence
+  and the auxiliary loss all run over 1025 classes; a sampled mask id decodes as code K-1).
+
+``model(tokens, labels, drop_label)`` keeps each official forward's token layout; ``drop_label=None`` means that
+no label is dropped for *both* models.  (Trap in the official MaskBit code: there ``None`` replaces every label by
+the null class, and the null label is written into the caller's tensor.  Here nothing is ever written in place.)
+
+Also here, canonical for the whole project: the mask schedule (``mask_ratio``, ``random_mask``), classifier-free
+guidance (``cfg``, ``guidance_at``) and the multi-step sampler (``sample``).
+
+Shapes: B batch, N tokens (h*w), S splits, V classes per split, D width, F input-feature width.
+
+Run: ``python teacher.py sample --teacher maskbit --steps 64 --out grid.png`` (add ``--ckpt G.bin
+--tokenizer-ckpt T.bin`` for a released pair); ``python teacher.py train --data toy --tokenizer T.pt --out G.pt``.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tokenizer import combine_tokens, expected_bits, index_to_bits, split_tokens
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Transformer blocks (key names follow the official modules).
+# ----------------------------------------------------------------------------------------------------------------
+class SelfAttention(nn.Module):
+    """``nn.MultiheadAttention`` (packed in_proj, bias, batch_first, no mask) with an optional LayerNorm beside it."""
+
+    def __init__(self, dim, heads, dropout, norm_eps=None):
+        super().__init__()
+        self.mha = nn.MultiheadAttention(dim, heads, dropout=dropout, bias=True, batch_first=True)
+        if norm_eps is not None:
+            self.norm = nn.LayerNorm(dim, eps=norm_eps)
+
+    def forward(self, x):
+        return self.mha(x, x, x, need_weights=False)[0]
+
+
+class FeedForward(nn.Module):
+    """Linear -> exact GELU -> Linear.  MaskBit: net = [Linear, GELU, Linear, Dropout];
+    MaskGIT: net = [Linear, GELU, Dropout, Linear, Dropout] (hence the different key numbers)."""
+
+    def __init__(self, dim, mlp_dim, dropout, norm_eps=None, maskgit_layout=False):
+        super().__init__()
+        inner = [nn.Dropout(dropout)] if maskgit_layout else []
+        self.net = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), *inner, nn.Linear(mlp_dim, dim),
+                                 nn.Dropout(dropout))
+        if norm_eps is not None:
+            self.norm = nn.LayerNorm(dim, eps=norm_eps)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class PreNorm(nn.Module):
+    """MaskGIT's pre-norm wrapper: x + fn(norm(x)) (LayerNorm eps 1e-5)."""
+
+    def __init__(self, dim, fn):
+        super().__init__()
+        self.norm, self.fn = nn.LayerNorm(dim), fn
+
+    def forward(self, x):
+        return x + self.fn(self.norm(x))
+
+
+class MaskedTokenModel(nn.Module):
+    """The uniform interface shared by both teachers (and so by generators and auxiliary models)."""
+
+    def logits(self, tokens, labels, drop_label=None):
+        """tokens [B, N, S] -> logits [B, N, S, V]."""
+        return self.forward_embeddings(self.input_embed(self.features(tokens)), labels, drop_label)
+
+    def to_indices(self, tokens):
+        """Per-split tokens [B, N, S] -> the tokenizer's full ids [B, N]."""
+        return combine_tokens(tokens, self.codebook_size, self.splits)
+
+    def from_indices(self, indices):
+        """Full ids [B, N] -> per-split tokens [B, N, S]."""
+        return split_tokens(indices, self.codebook_size, self.splits)
+
+    def class_ids(self, labels, drop_label, null_id):
+        """Labels with dropped entries replaced by the null class; never modifies the caller's tensor."""
+        if drop_label is None:
+            return labels.long()
+        return torch.where(drop_label.to(labels.device).bool(), torch.full_like(labels.long(), null_id), labels.long())
+
+    def frozen_parameters(self):
+        """Di[M]O freezes the embedding and output layers of the generator and the auxiliary model."""
+        return [p for n, p in self.named_parameters() if n.split(".")[0] in self.FROZEN]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MaskBit generator: LFQBert (SPEC section 1).
+# ----------------------------------------------------------------------------------------------------------------
+class LFQBert(MaskedTokenModel):
+    FROZEN = ("input_proj", "class_emb", "pos_emb", "prediction_layer")
+
+    def __init__(self, img_size, hidden_dim, codebook_size, codebook_splits, depth, heads, mlp_dim, dropout=0.1,
+                 nclass=1000, input_stride=16, use_prenorm=False):
+        super().__init__()
+        bits = int(math.log2(codebook_size))
+        if 2 ** bits != codebook_size or bits % codebook_splits:
+            raise ValueError(f"codebook_size {codebook_size} must be 2^bits with bits divisible by the splits "
+                             f"({codebook_splits})")
+        self.seq_len = (img_size // input_stride) ** 2
+        self.splits, self.num_bits, self.nclass, self.use_prenorm = codebook_splits, bits, nclass, use_prenorm
+        self.codebook_size = codebook_size
+        self.split_bits = bits // codebook_splits
+        self.vocab = self.mask_id = 2 ** self.split_bits               # the mask id is one past the last split id
+        self.pos_emb = nn.Parameter(torch.zeros(1, self.seq_len + 1, hidden_dim))
+        self.register_buffer("bits_to_indices", 2 ** torch.arange(self.split_bits, dtype=torch.int32))
+        self.class_emb = nn.Embedding(nclass + 1, hidden_dim)
+        self.input_proj = nn.Linear(bits, hidden_dim)
+        self.first_layer = nn.Sequential(nn.LayerNorm(hidden_dim, eps=1e-12), nn.Dropout(dropout))
+        self.transformer = nn.Module()
+        self.transformer.layers = nn.ModuleList(nn.ModuleList([
+            SelfAttention(hidden_dim, heads, dropout, norm_eps=1e-12),
+            FeedForward(hidden_dim, mlp_dim, dropout, norm_eps=1e-12)]) for _ in range(depth))
+        if use_prenorm:
+            self.norm_after_transformer = nn.LayerNorm(hidden_dim, eps=1e-12)
+        self.last_layer = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
+                                        nn.LayerNorm(hidden_dim, eps=1e-12))
+        self.prediction_layer = nn.Linear(hidden_dim, codebook_splits * self.vocab)
+        nn.init.trunc_normal_(self.pos_emb, std=0.02)
+
+    def features(self, tokens):
+        """[B, N, S] per-split ids -> bit features [B, N, bits]: +-1 per bit (LSB first), 0 for a masked split."""
+        bits = index_to_bits(tokens.clamp(max=self.vocab - 1), self.split_bits)       # [B, N, S, bits/S]
+        bits = torch.where((tokens == self.mask_id)[..., None], torch.zeros_like(bits), bits)
+        return bits.flatten(-2)                                        # [B, N, S, bits/S] -> [B, N, bits]
+
+    def soft_features(self, probs):
+        """Soft-Di[M]O's expected input: E_p[bits] per split, probs [B, N, S, V] -> [B, N, bits] in [-1, 1]."""
+        return expected_bits(probs)
+
+    def input_embed(self, x):
+        return self.input_proj(x)
+
+    def forward_embeddings(self, e, labels, drop_label=None):
+        b = e.shape[0]
+        c = self.class_emb(self.class_ids(labels, drop_label, self.nclass))[:, None]  # [B] -> [B, 1, D]
+        x = self.first_layer(torch.cat([e, c], dim=1) + self.pos_emb)  # class slot last: [B, N+1, D]
+        for attn, ffn in self.transformer.layers:
+            if self.use_prenorm:
+                x = x + attn(attn.norm(x))
+                x = x + ffn(ffn.norm(x))
+            else:
+                x = attn.norm(x + attn(x))
+                x = ffn.norm(x + ffn(x))
+        if self.use_prenorm:
+            x = self.norm_after_transformer(x)
+        y = self.prediction_layer(self.last_layer(x))
+        return y.reshape(b, self.seq_len + 1, self.splits, self.vocab)[:, :self.seq_len]  # [B,N+1,S*V]->[B,N,S,V]
+
+    def forward(self, img_tokens, class_labels, drop_label_mask=None):
+        """Official layout: img_tokens [B, N, S] -> logits [B, N, S, V].  drop_label_mask=None drops nothing."""
+        return self.logits(img_tokens, class_labels, drop_label_mask)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MaskGIT: Di[M]O's MaskTransformer (SPEC section 3).
+# ----------------------------------------------------------------------------------------------------------------
+class MaskTransformer(MaskedTokenModel):
+    FROZEN = ("tok_emb", "pos_emb", "bias")                            # the head is tied to tok_emb
+
+    def __init__(self, img_size, hidden_dim, codebook_size, depth, heads, mlp_dim, dropout=0.1, nclass=1000):
+        super().__init__()
+        self.grid = img_size // 16                                      # token grid side P (official: fixed f=16)
+        self.seq_len, self.splits, self.nclass = self.grid ** 2, 1, nclass
+        self.mask_id, self.vocab = codebook_size, codebook_size + 1    # logits keep the mask class
+        self.codebook_size = codebook_size
+        vocab_in = codebook_size + 1 + nclass + 1                      # visual ids, mask, classes, null class
+        self.tok_emb = nn.Embedding(vocab_in, hidden_dim)
+        self.pos_emb = nn.Parameter(torch.zeros(1, self.seq_len + 1, hidden_dim))
+        nn.init.trunc_normal_(self.pos_emb, std=0.02)
+        self.first_layer = nn.Sequential(
+            nn.LayerNorm(hidden_dim, eps=1e-12), nn.Dropout(dropout), nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
+            nn.LayerNorm(hidden_dim, eps=1e-12), nn.Dropout(dropout), nn.Linear(hidden_dim, hidden_dim))
+        self.transformer = nn.Module()
+        self.transformer.layers = nn.ModuleList(nn.ModuleList([
+            PreNorm(hidden_dim, SelfAttention(hidden_dim, heads, dropout)),
+            PreNorm(hidden_dim, FeedForward(hidden_dim, mlp_dim, dropout, maskgit_layout=True))])
+            for _ in range(depth))
+        self.last_layer = nn.Sequential(nn.LayerNorm(hidden_dim, eps=1e-12), nn.Dropout(dropout),
+                                        nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
+                                        nn.LayerNorm(hidden_dim, eps=1e-12))
+        self.bias = nn.Parameter(torch.zeros(self.seq_len + 1, vocab_in))
+
+    def features(self, tokens):
+        """[B, N, 1] (or [B, N]) ids -> token embeddings [B, N, D]."""
+        return self.tok_emb(tokens[..., 0] if tokens.dim() == 3 else tokens)
+
+    def soft_features(self, probs):
+        """Soft-Di[M]O's expected embedding sum_j p_j E_j under tok_emb: probs [B, N, 1, V] -> [B, N, D]."""
+        return probs[..., 0, :] @ self.tok_emb.weight[:self.vocab].to(probs.dtype)
+
+    def input_embed(self, x):
+        return x
+
+    def forward_embeddings(self, e, labels, drop_label=None):
+        ids = self.class_ids(labels, drop_label, self.nclass) + self.codebook_size + 1  # null class when dropped
+        x = torch.cat([e, self.tok_emb(ids)[:, None]], dim=1) + self.pos_emb  # class slot last: [B, N+1, D]
+        x = self.first_layer(x)
+        for attn, ffn in self.transformer.layers:
+            x = ffn(attn(x))
+        x = self.last_layer(x)
+        logits = x @ self.tok_emb.weight.t() + self.bias               # tied head: [B, N+1, vocab_in]
+        return logits[:, :self.seq_len, None, :self.vocab]             # -> [B, N, 1, K+1]
+
+    def forward(self, img_token, y, drop_label=None):
+        """Official layout: img_token [B, P, P] or [B, N] -> logits [B, N, K+1].  drop_label=None drops nothing."""
+        tokens = img_token.reshape(img_token.shape[0], -1, 1)          # [B, P, P] -> [B, N, 1]
+        return self.logits(tokens, y, drop_label)[:, :, 0]
+
+
+def build_teacher(family, config):
+    """'maskbit' -> LFQBert(**config); 'maskgit' -> MaskTransformer(**config)."""
+    return LFQBert(**config) if family == "maskbit" else MaskTransformer(**config)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Mask schedule and classifier-free guidance: the one implementation everything imports.
+# ----------------------------------------------------------------------------------------------------------------
+SCHEDULES = ("arccos", "cosine", "linear", "square", "root")
+
+
+def mask_ratio(r, schedule="arccos"):
+    """Fraction of entries masked at 'time' r in [0, 1] (r = 0: all masked, r = 1: none), MaskBit's definitions:
+    arccos acos(r)/(pi/2), cosine cos(r*pi/2), linear 1-r, square 1-r^2, root 1-sqrt(r).
+    Training and Di[M]O's re-masking draw r ~ U(0, 1); the sampler uses r = step progress."""
+    r = torch.as_tensor(r, dtype=torch.float32)
+    if schedule == "arccos":
+        return torch.arccos(r) / (math.pi / 2)
+    if schedule == "cosine":
+        return torch.cos(r * math.pi / 2)
+    if schedule == "linear":
+        return 1 - r
+    if schedule == "square":
+        return 1 - r ** 2
+    if schedule == "root":
+        return 1 - r.sqrt()
+    raise ValueError(f"unknown mask schedule '{schedule}'; choose one of {', '.join(SCHEDULES)}")
+
+
+def random_mask(tokens, mask_id, schedule="arccos", generator=None):
+    """Forward (absorbing) process with an exact count, as Di[M]O's get_mask_code: per sample r ~ U(0, 1) and
+    round(M * mask_ratio(r)) (at least 1) of the M = N*S entries, chosen uniformly, become mask_id.
+    MaskBit's splits are masked independently (an entry is one split of one position).
+    Returns (masked tokens [B, N, S], mask [B, N, S] bool)."""
+    b = tokens.shape[0]
+    m = tokens[0].numel()
+    r = torch.rand(b, generator=generator, device=tokens.device)
+    count = (m * mask_ratio(r, schedule)).round().clamp(min=1).long()
+    rank = torch.rand(b, m, generator=generator, device=tokens.device).argsort(-1).argsort(-1)  # random ranks
+    mask = (rank < count[:, None]).reshape(tokens.shape)              # [B, M] -> [B, N, S]
+    return torch.where(mask, torch.full_like(tokens, mask_id), tokens), mask
+
+
+def cfg(z_cond, z_uncond, w):
+    """Classifier-free guidance, our one convention: z = z_u + w (z_c - z_u); w = 1 is the conditional model.
+    MaskBit's ``cond + s (cond - uncond)`` is w = s + 1 (``config.maskbit_scale_to_w``)."""
+    return z_uncond + w * (z_cond - z_uncond)
+
+
+def guided_logits(model, tokens, labels, w):
+    """Logits [B, N, S, V] of tokens [B, N, S] under guidance w: one batched pass with cond and null labels."""
+    if w == 1:
+        return model.logits(tokens, labels)
+    b = tokens.shape[0]
+    drop = torch.arange(2 * b, device=tokens.device) >= b              # first half cond, second half null class
+    z_cond, z_uncond = model.logits(torch.cat([tokens, tokens]), torch.cat([labels, labels]), drop).chunk(2)
+    return cfg(z_cond, z_uncond, w)
+
+
+def guidance_at(w, step, steps, anneal="none", scale_pow=1.0):
+    """Guidance of one sampler step, annealed from 1 (none) towards w:
+    none: w; linear: 1 + (w-1) i/(steps-1) (MaskGIT / Di[M]O); cosine: 1 + (w-1)(1 - cos(pi (i/steps)^p))/2
+    (MaskBit's power-cosine with p = scale_pow)."""
+    if anneal == "none" or steps == 1:
+        a = 1.0
+    elif anneal == "linear":
+        a = step / (steps - 1)
+    elif anneal == "cosine":
+        a = (1 - math.cos(math.pi * (step / steps) ** scale_pow)) / 2
+    else:
+        raise ValueError(f"unknown guidance annealing '{anneal}'; choose none, linear or cosine")
+    return 1.0 + (w - 1.0) * a
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The multi-step MaskGIT / MaskBit sampler.
+# ----------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def sample(model, labels, steps, schedule="arccos", temperature=1.0, randomize_temperature=0.0, remask="confidence",
+           guidance=1.0, guidance_anneal="none", scale_pow=1.0, generator=None, tokens=None):
+    """Iterative decoding from all-mask (or from ``tokens`` [B, N, S] with mask ids) -> tokens [B, N, S].
+
+    Step i of ``steps`` (progress p = (i+1)/steps): predict every masked entry from softmax(logits / temperature)
+    under guidance ``guidance_at(...)``; keep the entries with the highest confidence and re-mask the others so
+    that floor(mask_ratio(p) * M) of the M = N*S entries stay masked (at least 1 while steps remain, fewer than
+    before).  Confidence is log p(sampled id) + Gumbel noise * randomize_temperature * (1 - p) (MaskBit), or a
+    uniform random number (remask='random', Di[M]O's MaskGIT baseline).  The last step fills every entry."""
+    b = labels.shape[0]
+    if tokens is None:
+        tokens = torch.full((b, model.seq_len, model.splits), model.mask_id, dtype=torch.long, device=labels.device)
+    tokens = tokens.clone()
+    m = tokens[0].numel()
+    for i in range(steps):
+        masked = tokens == model.mask_id                               # [B, N, S]
+        n_masked = masked.flatten(1).sum(1)                            # [B]
+        if n_masked.max() == 0:
+            break
+        w = guidance_at(guidance, i, steps, guidance_anneal, scale_pow)
+        logits = guided_logits(model, tokens, labels, w).float() / temperature
+        probs = torch.softmax(logits, dim=-1)                          # [B, N, S, V]
+        pred = torch.multinomial(probs.flatten(0, 2), 1, generator=generator).reshape(tokens.shape)  # -> [B, N, S]
+        pred = torch.where(masked, pred, tokens)
+        if i == steps - 1:
+            return pred
+        progress = (i + 1) / steps
+        if remask == "random":
+            conf = torch.rand(tokens.shape, generator=generator, device=tokens.device)
+        else:
+            conf = torch.log(probs.gather(-1, pred[..., None])[..., 0].clamp_min(1e-30))
+            u = torch.rand(tokens.shape, generator=generator, device=tokens.device).clamp(1e-20, 1 - 1e-7)
+            conf = conf - torch.log(-torch.log(u)) * randomize_temperature * (1 - progress)  # + Gumbel noise
+        conf = torch.where(masked, conf, torch.full_like(conf, float("inf")))  # never re-mask a decided entry
+        keep_masked = (mask_ratio(progress, schedule).clamp(1e-6, 1) * m).floor().long().to(tokens.device)
+        keep_masked = torch.minimum(keep_masked.clamp(min=1), n_masked - 1).clamp(min=0)  # [B]
+        rank = conf.flatten(1).argsort(-1).argsort(-1)                 # 0 = least confident
+        tokens = torch.where((rank < keep_masked[:, None]).reshape(tokens.shape),
+                             torch.full_like(pred, model.mask_id), pred)
+    return tokens
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading a teacher with its tokenizer, and the sampler's command line.
+# ----------------------------------------------------------------------------------------------------------------
+def load_pair(preset, teacher_ckpt=None, tokenizer_ckpt=None, verbose=True):
+    """-> (teacher, tokenizer, resolved preset name).  Presets with bundled weights need no paths; ``maskbit``
+    without paths means the bundled toy MaskBit pair, said in one line."""
+    from checkpoints import load_model
+    from config import PRESETS, UserError, get_preset
+    from tokenizer import build_tokenizer
+    p = get_preset(preset)
+    if teacher_ckpt is None and tokenizer_ckpt is None:
+        if preset == "maskbit" and "bundled" in PRESETS.get("maskbit-toy", {}):
+            if verbose:
+                print("note: --teacher maskbit without checkpoints uses the bundled toy MaskBit pair "
+                      "(preset maskbit-toy); for the released 12-bit pair pass --teacher-ckpt "
+                      "maskbit_generator_12bit.bin --tokenizer-ckpt maskbit_tokenizer_12bit.bin")
+            preset, p = "maskbit-toy", PRESETS["maskbit-toy"]
+        if "bundled" not in p:
+            raise UserError(f"preset '{preset}' has no bundled weights: pass --teacher-ckpt (released: "
+                            f"{p['released']['generator']}) and --tokenizer-ckpt ({p['released']['tokenizer']})")
+        teacher_ckpt, tokenizer_ckpt = p["bundled"]["teacher"], p["bundled"]["tokenizer"]
+    elif teacher_ckpt is None or tokenizer_ckpt is None:
+        raise UserError("pass both --teacher-ckpt and --tokenizer-ckpt (a teacher samples tokens of its own tokenizer)")
+    teacher, _ = load_model("teacher", preset, teacher_ckpt, build_teacher, verbose)
+    tokenizer, _ = load_model("tokenizer", preset, tokenizer_ckpt, build_tokenizer, verbose)
+    return teacher.requires_grad_(False), tokenizer.requires_grad_(False), preset
+
+
+def add_sampler_args(parser):
+    """The teacher sampler's knobs; None means 'the preset's default'."""
+    g = parser.add_argument_group("teacher sampler (defaults: the preset's)")
+    g.add_argument("--steps", type=int, help="decoding steps")
+    g.add_argument("--schedule", choices=SCHEDULES, help="mask schedule")
+    g.add_argument("--temperature", type=float, help="softmax temperature (> 0)")
+    g.add_argument("--randomize-temperature", type=float, help="Gumbel noise on the confidence, annealed to 0")
+    g.add_argument("--remask", choices=("confidence", "random"), help="which entries stay masked")
+    g.add_argument("--guidance", type=float, help="CFG w in z_u + w (z_c - z_u); 1 = no guidance")
+    g.add_argument("--maskbit-scale", type=float, help="CFG in MaskBit's form cond + s (cond - uncond): w = s + 1")
+    g.add_argument("--guidance-anneal", choices=("none", "linear", "cosine"), help="guidance annealing")
+    g.add_argument("--scale-pow", type=float, help="power of MaskBit's cosine guidance annealing")
+
+
+def sampler_settings(args, preset):
+    """Merge the command line over the preset's sampler defaults and check every value."""
+    from config import check_range, get_preset, maskbit_scale_to_w
+    s = dict(get_preset(preset)["sampler"])
+    for key in s:
+        if getattr(args, key, None) is not None:
+            s[key] = getattr(args, key)
+    if getattr(args, "maskbit_scale", None) is not None:
+        s["guidance"] = maskbit_scale_to_w(args.maskbit_scale)
+    check_range("--steps", s["steps"], low=1)
+    check_range("--temperature", s["temperature"], low=0, low_open=True)
+    check_range("--randomize-temperature", s["randomize_temperature"], low=0)
+    check_range("--guidance", s["guidance"], low=0)
+    check_range("--scale-pow", s["scale_pow"], low=0, low_open=True)
+    return s
+
+
+def parse_labels(text, n, nclass):
+    """'3' or '0,1,2' (cycled to n) or None (0, 1, ..., nclass-1 cycled) -> [n] int64."""
+    from config import UserError
+    try:
+        values = list(range(nclass)) if text is None else [int(v) for v in str(text).split(",")]
+    except ValueError:
+        raise UserError(f"--labels '{text}' must be comma-separated class ids, e.g. 0,3,7") from None
+    bad = [v for v in values if not 0 <= v < nclass]
+    if bad:
+        raise UserError(f"--labels {bad[:3]} outside [0, {nclass - 1}] (this teacher has {nclass} classes)")
+    return torch.tensor([values[i % len(values)] for i in range(n)])
+
+
+def main_sample(argv=None):
+    import json
+    import os
+
+    from config import ArgumentParser, check_range, runtime
+    from data import save_image_grid
+    parser = ArgumentParser(prog="teacher.py sample", description="multi-step sampling from a masked teacher")
+    parser.add_argument("--teacher", default="maskbit", help="preset name (python config.py lists them)")
+    parser.add_argument("--ckpt", "--teacher-ckpt", dest="ckpt", help="teacher weights (.bin/.pth/.pt)")
+    parser.add_argument("--tokenizer-ckpt", help="tokenizer weights (.bin/last.ckpt/.pt)")
+    parser.add_argument("--n", type=int, default=32, help="number of images")
+    parser.add_argument("--labels", help="class ids, comma separated (default: 0, 1, 2, ... cycled)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default="grid.png", help="PNG grid; the settings go to the same name .json")
+    add_sampler_args(parser)
+    args = parser.parse_args(argv)
+    check_range("--n", args.n, low=1)
+    rt = runtime(args.device)
+    teacher, tokenizer, preset = load_pair(args.teacher, args.ckpt, args.tokenizer_ckpt)
+    settings = sampler_settings(args, preset)
+    teacher, tokenizer = teacher.to(rt.device), tokenizer.to(rt.device)
+    labels = parse_labels(args.labels, args.n, teacher.nclass).to(rt.device)
+    gen = torch.Generator(rt.device).manual_seed(args.seed)
+    tokens = sample(teacher, labels, generator=gen, **settings)
+    with torch.no_grad():
+        images = tokenizer.indices_to_images(teacher.to_indices(tokens))
+    save_image_grid(images.cpu(), args.out)
+    record = dict(teacher=preset, teacher_ckpt=args.ckpt, tokenizer_ckpt=args.tokenizer_ckpt, n=args.n,
+                  labels=labels.tolist(), seed=args.seed, device=str(rt.device), **settings)
+    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+        json.dump(record, f, indent=1)
+    print(f"wrote {args.out} ({args.n} images, {settings['steps']} steps, guidance w={settings['guidance']:.2f})")
+
+
+if __name__ == "__main__":
+    import sys
+
+    from config import cli
+    commands = {"sample": main_sample}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        print(f"usage: python teacher.py {{{','.join(commands)}}} [--help]", file=sys.stderr)
+        sys.exit(2)
+    cli(lambda: commands[sys.argv[1]](sys.argv[2:]))

@@ -1,0 +1,219 @@
+"""Golden fixtures: our modules load the official state dicts strictly and reproduce the official outputs.
+
+Every ``*.pt`` in $GOLDEN_DIR (default: tests/golden, a copy of ../shared/golden) is checked; the model is
+recognised by the file-name prefix, built from the fixture's ``config``, loaded with ``strict=True`` and each key
+of ``outputs`` is compared with the tolerances of ``check_example.md``.  A second group of tests builds other
+configurations of the same classes and checks their state-dict keys and shapes against the general patterns of
+SPEC.md, so that released checkpoints of every size load.
+"""
+import glob
+import math
+import os
+
+import pytest
+import torch
+
+from teacher import LFQBert, MaskTransformer
+from tokenizer import LFQTokenizer, VQGAN, combine_tokens, index_to_bits, split_tokens
+
+GOLDEN_DIR = os.environ.get("GOLDEN_DIR", os.path.join(os.path.dirname(__file__), "golden"))
+FIXTURES = sorted(glob.glob(os.path.join(GOLDEN_DIR, "*.pt")))
+TIGHT = ("logits", "token_bits", "combined_tokens", "codebook_entries", "encoder_out", "z_quantized",
+         "pre_quant", "quant")
+EXACT = ("split_tokens", "min_encoding_indices", "indices")
+
+
+def run_lfqbert(cfg, inp):
+    model = LFQBert(**cfg)
+    yield model
+    full, bits, splits = inp["full_tokens"], int(math.log2(cfg["codebook_size"])), cfg["codebook_splits"]
+    yield dict(logits=model(inp["img_tokens"].clone(), inp["class_labels"].clone(), inp["drop_label_mask"].clone()),
+               # official None = every label replaced by the null class; ours: pass that mask explicitly
+               logits_drop_mask_none=model(inp["img_tokens"].clone(), inp["class_labels"].clone(),
+                                           torch.ones_like(inp["drop_label_mask"])),
+               token_bits=model.features(inp["img_tokens"].clone()),
+               split_tokens=split_tokens(full, 2 ** bits, splits),
+               combined_tokens=combine_tokens(split_tokens(full, 2 ** bits, splits), 2 ** bits, splits))
+
+
+def run_maskbit_tokenizer(cfg, inp):
+    model = LFQTokenizer(cfg)
+    yield model
+    z_q, indices = model.encode(inp["image"].clone())
+    yield dict(codebook_entries=index_to_bits(inp["tokens"], model.num_bits),
+               decoded=model.decode_tokens(inp["tokens"].clone()), encoder_out=model.encode_z(inp["image"].clone()),
+               z_quantized=z_q, min_encoding_indices=indices, reconstruction=model.decode(z_q))
+
+
+def run_maskgit_transformer(cfg, inp):
+    model = MaskTransformer(**cfg)
+    yield model
+    yield dict(logits=model(inp["img_token"].clone(), inp["y"].clone(), inp["drop_label"].clone()),
+               logits_drop_label_none=model(inp["img_token"].clone(), inp["y"].clone(), None))
+
+
+def run_maskgit_vqgan(cfg, inp):
+    model = VQGAN(**cfg)
+    yield model
+    quant, indices = model.encode(inp["image"].clone())
+    yield dict(decoded=model.decode_code(inp["code"].clone()), pre_quant=model.pre_quant(inp["image"].clone()),
+               quant=quant, indices=indices, reconstruction=model.decode(quant))
+
+
+RUNNERS = {"maskbit_lfqbert": run_lfqbert, "maskbit_tokenizer": run_maskbit_tokenizer,
+           "maskgit_transformer": run_maskgit_transformer, "maskgit_vqgan": run_maskgit_vqgan}
+
+
+def runner_for(path):
+    name = os.path.basename(path)
+    for prefix, run in RUNNERS.items():
+        if name.startswith(prefix):
+            return run
+    raise AssertionError(f"{name}: unknown fixture prefix (expected one of {sorted(RUNNERS)})")
+
+
+def test_fixtures_found():
+    assert FIXTURES, f"no *.pt fixtures in {GOLDEN_DIR}"
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=[os.path.basename(p) for p in FIXTURES])
+def test_golden(path):
+    fx = torch.load(path, map_location="cpu", weights_only=True)
+    assert set(fx) == {"config", "state_dict", "inputs", "outputs"}
+    steps = runner_for(path)(fx["config"], fx["inputs"])
+    model = next(steps).float().eval()
+    model.load_state_dict(fx["state_dict"], strict=True)
+    with torch.no_grad():
+        actual = next(steps)
+    assert set(actual) == set(fx["outputs"]), "every output key must be produced"
+    for key, expected in fx["outputs"].items():
+        got = actual[key]
+        assert got.shape == expected.shape, f"{key}: shape {tuple(got.shape)} != {tuple(expected.shape)}"
+        if key in EXACT:
+            assert torch.equal(got.long(), expected.long()), f"{key}: indices differ"
+        else:
+            atol = 1e-5 if key.startswith(TIGHT) else 1e-4
+            torch.testing.assert_close(got.float(), expected.float(), atol=atol, rtol=1e-5, msg=key)
+
+
+def test_inputs_not_modified():
+    """The official MaskBit forward writes the null label into the caller's tensor; ours must not."""
+    model = LFQBert(img_size=32, hidden_dim=32, codebook_size=64, codebook_splits=2, depth=1, heads=2, mlp_dim=64,
+                    nclass=5, input_stride=8).eval()
+    labels, drop = torch.tensor([1, 2, 3]), torch.tensor([True, False, True])
+    tokens = torch.randint(0, 9, (3, 16, 2))
+    before = (labels.clone(), tokens.clone())
+    with torch.no_grad():
+        none = model(tokens, labels, None)
+        model(tokens, labels, drop)
+        explicit_false = model(tokens, labels, torch.zeros(3, dtype=torch.bool))
+    assert torch.equal(labels, before[0]) and torch.equal(tokens, before[1])
+    assert torch.equal(none, explicit_false), "drop_label=None must mean: no label dropped"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Other configurations: key names and shapes follow SPEC.md's general patterns.
+# ---------------------------------------------------------------------------------------------------------------
+def lfqbert_spec_keys(c):
+    d, bits, s = c["hidden_dim"], int(math.log2(c["codebook_size"])), c["codebook_splits"]
+    n, eff = (c["img_size"] // c["input_stride"]) ** 2, 2 ** (int(math.log2(c["codebook_size"])) // s)
+    keys = {"pos_emb": (1, n + 1, d), "bits_to_indices": (bits // s,), "class_emb.weight": (c["nclass"] + 1, d),
+            "input_proj.weight": (d, bits), "input_proj.bias": (d,), "first_layer.0.weight": (d,),
+            "first_layer.0.bias": (d,), "last_layer.0.weight": (d, d), "last_layer.0.bias": (d,),
+            "last_layer.2.weight": (d,), "last_layer.2.bias": (d,), "prediction_layer.weight": (s * eff, d),
+            "prediction_layer.bias": (s * eff,)}
+    for l in range(c["depth"]):
+        p = f"transformer.layers.{l}."
+        keys.update({p + "0.mha.in_proj_weight": (3 * d, d), p + "0.mha.in_proj_bias": (3 * d,),
+                     p + "0.mha.out_proj.weight": (d, d), p + "0.mha.out_proj.bias": (d,),
+                     p + "0.norm.weight": (d,), p + "0.norm.bias": (d,), p + "1.net.0.weight": (c["mlp_dim"], d),
+                     p + "1.net.0.bias": (c["mlp_dim"],), p + "1.net.2.weight": (d, c["mlp_dim"]),
+                     p + "1.net.2.bias": (d,), p + "1.norm.weight": (d,), p + "1.norm.bias": (d,)})
+    if c["use_prenorm"]:
+        keys.update({"norm_after_transformer.weight": (d,), "norm_after_transformer.bias": (d,)})
+    return keys
+
+
+@pytest.mark.parametrize("bits,splits,prenorm,depth,width", [
+    (10, 1, False, 1, 32), (10, 2, True, 2, 64), (12, 3, False, 3, 48), (14, 2, False, 1, 32),
+    (16, 2, True, 2, 32), (18, 2, False, 1, 32), (18, 3, True, 1, 64)])
+def test_lfqbert_other_configs(bits, splits, prenorm, depth, width):
+    c = dict(img_size=64, input_stride=16, hidden_dim=width, codebook_size=2 ** bits, codebook_splits=splits,
+             depth=depth, heads=4, mlp_dim=2 * width, dropout=0.1, nclass=7, use_prenorm=prenorm)
+    model = LFQBert(**c).eval()
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert got == lfqbert_spec_keys(c)
+    tokens = torch.randint(0, model.vocab + 1, (2, 16, splits))
+    with torch.no_grad():
+        assert model(tokens, torch.tensor([0, 6])).shape == (2, 16, splits, 2 ** (bits // splits))
+    # an unmasked position's bit features are exactly the LFQ latent of its combined id (SPEC 1.4)
+    full = torch.randint(0, 2 ** bits, (2, 16))
+    assert torch.equal(model.features(split_tokens(full, 2 ** bits, splits)), index_to_bits(full, bits))
+
+
+def lfq_tokenizer_spec_keys(c):
+    hc, m, nrb, levels, bits = c["hidden_channels"], c["channel_mult"], c["num_res_blocks"], c["num_resolutions"], \
+        c["token_size"]
+    keys = {"encoder.conv_in.weight": (hc, 3, 3, 3)}
+
+    def res(prefix, cin, cout):
+        keys.update({prefix + "norm1.weight": (cin,), prefix + "norm1.bias": (cin,),
+                     prefix + "conv1.weight": (cout, cin, 3, 3), prefix + "norm2.weight": (cout,),
+                     prefix + "norm2.bias": (cout,), prefix + "conv2.weight": (cout, cout, 3, 3)})
+        if cin != cout:
+            keys[prefix + "nin_shortcut.weight"] = (cout, cout, 1, 1)
+    m0, m1 = [1] + m, m + [m[-1]]
+    for i in range(levels):
+        for k in range(nrb):
+            res(f"encoder.down.{i}.res_blocks.{k}.", hc * (m0[i] if k == 0 else m0[i + 1]), hc * m0[i + 1])
+        if i < levels - 1:
+            keys.update({f"encoder.down.{i}.down_conv.weight": (hc * m0[i + 1],) * 2 + (3, 3),
+                         f"encoder.down.{i}.down_conv.bias": (hc * m0[i + 1],)})
+    for k in range(nrb):
+        res(f"encoder.mid.res_blocks.{k}.", hc * m[-1], hc * m[-1])
+        res(f"decoder.mid.res_blocks.{k}.", hc * m[-1], hc * m[-1])
+    keys.update({"encoder.norm_out.weight": (hc * m[-1],), "encoder.norm_out.bias": (hc * m[-1],),
+                 "encoder.conv_out.weight": (bits, hc * m[-1], 1, 1), "encoder.conv_out.bias": (bits,),
+                 "decoder.conv_in.weight": (hc * m[-1], bits, 3, 3), "decoder.conv_in.bias": (hc * m[-1],),
+                 "decoder.norm_out.weight": (hc * m[0],), "decoder.norm_out.bias": (hc * m[0],),
+                 "decoder.conv_out.weight": (3, hc * m[0], 3, 3), "decoder.conv_out.bias": (3,),
+                 "quantize.bits_to_indices": (bits,), "quantize.codebook": (2 ** bits, bits)})
+    for j in range(levels):
+        i = levels - 1 - j
+        for k in range(nrb):
+            res(f"decoder.up.{j}.res_blocks.{k}.", hc * (m1[i + 1] if k == 0 else m1[i]), hc * m1[i])
+        if j < levels - 1:
+            keys.update({f"decoder.up.{j}.upsample_conv.weight": (hc * m1[i],) * 2 + (3, 3),
+                         f"decoder.up.{j}.upsample_conv.bias": (hc * m1[i],)})
+    return keys
+
+
+@pytest.mark.parametrize("bits,mult,nrb", [(10, [1, 1, 2], 1), (12, [1, 2, 2, 4], 2), (14, [2, 1], 1),
+                                           (18, [1, 1, 2, 2, 4], 2)])
+def test_lfq_tokenizer_other_configs(bits, mult, nrb):
+    c = dict(model_class="vqgan+", quantizer_type="lookup-free", codebook_size=4096, token_size=bits,
+             commitment_cost=0.25, entropy_loss_weight=0.02, entropy_loss_temperature=0.01, entropy_gamma=1.0,
+             num_channels=3, hidden_channels=32, channel_mult=mult, num_resolutions=len(mult), num_res_blocks=nrb,
+             sample_with_conv=True)
+    model = LFQTokenizer(c).eval()
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert got == lfq_tokenizer_spec_keys(c)
+    if len(mult) == 5:
+        assert len(got) == 177, "the released tokenizer config has 177 tensors (SPEC 2.2)"
+    size = 2 ** (len(mult) - 1) * 2
+    with torch.no_grad():
+        z_q, idx = model.encode(torch.rand(1, 3, size, size))
+        assert idx.shape == (1, 2, 2) and model.decode(z_q).shape == (1, 3, size, size)
+
+
+def test_maskgit_and_vqgan_other_sizes():
+    """The released MaskGIT sizes: V = K+1+nclass+1 = 2026 rows, bias [257, 2026]; taming f16 parameter count."""
+    mt = MaskTransformer(img_size=256, hidden_dim=64, codebook_size=1024, depth=1, heads=4, mlp_dim=64, nclass=1000)
+    sd = mt.state_dict()
+    assert sd["tok_emb.weight"].shape == (2026, 64) and sd["bias"].shape == (257, 2026)
+    assert sd["pos_emb"].shape == (1, 257, 64)
+    vq = VQGAN(dict(double_z=False, z_channels=256, resolution=256, in_channels=3, out_ch=3, ch=128,
+                    ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16], dropout=0.0), 1024, 256)
+    n = sum(p.numel() for p in vq.parameters())
+    assert 70e6 < n < 75e6, f"taming f16 VQGAN has about 72 M parameters, got {n / 1e6:.1f} M"
+    assert "encoder.down.4.attn.0.q.weight" in vq.state_dict() and "decoder.up.4.attn.2.q.weight" in vq.state_dict()
