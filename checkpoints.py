@@ -4,6 +4,8 @@
   the previous file untouched; there is never a half-written checkpoint under the real name.
 * ``load_checkpoint(path)``: ``torch.load(weights_only=True)``.  A file whose pickle would build arbitrary objects
   (and could therefore run code) is refused before anything in it is executed.
+* ``load_pair(preset, teacher_ckpt, tokenizer_ckpt)``: a teacher with its tokenizer; presets with bundled weights
+  need no paths.
 * ``load_model(kind, preset, path)``: builds the model of a preset and loads a checkpoint into it with
   ``strict=True``, after converting the released formats:
 
@@ -22,9 +24,10 @@ Run ``python checkpoints.py PATH`` to see what a checkpoint file holds.
 """
 import os
 import pickle
+import re
 import sys
 import tempfile
-import zipfile
+import warnings
 
 import torch
 
@@ -55,12 +58,18 @@ def load_checkpoint(path, what="checkpoint"):
     if not os.path.isfile(path):
         raise UserError(f"{what} '{path}' does not exist (check the path)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():                                 # pickle-protocol chatter is not for users
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = (str(e).strip().splitlines() or ["?"])[0]
-        raise UserError(f"{what} '{path}' was refused without being run: it asks to build objects that a "
-                        f"weights-only load does not allow, so it could execute code ({first[:100]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        if found:
+            raise UserError(f"{what} '{path}' was refused without being run: it asks to call or build "
+                            f"'{found.group(1)}', which a weights-only load does not allow (it could execute "
+                            f"code)") from None
+        raise UserError(f"{what} '{path}' is truncated or corrupted, or not a PyTorch checkpoint "
+                        f"(unreadable pickle)") from None
+    except Exception as e:  # noqa: BLE001 - random bytes reach the unpickler's stack code (IndexError, KeyError ...)
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"{what} '{path}' is truncated or corrupted and cannot be read ({first[:100]})") from None
 
@@ -131,6 +140,31 @@ def load_model(kind, preset, path, build, verbose=False):
     if verbose:
         print(f"loaded {kind} '{path}' into preset '{preset}' ({note})")
     return model.eval(), raw if isinstance(raw, dict) else {}
+
+
+def load_pair(preset, teacher_ckpt=None, tokenizer_ckpt=None, verbose=True):
+    """-> (teacher, tokenizer, resolved preset name).  Presets with bundled weights need no paths; ``maskbit``
+    without paths means the bundled toy MaskBit pair, said in one line."""
+    from teacher import build_teacher
+    from tokenizer import build_tokenizer
+    p = get_preset(preset)
+    if teacher_ckpt is None and tokenizer_ckpt is None:
+        if preset == "maskbit" and "bundled" in PRESETS.get("maskbit-toy", {}):
+            if verbose:
+                print("note: --teacher maskbit without checkpoints uses the bundled toy MaskBit pair "
+                      "(preset maskbit-toy); for the released 12-bit pair pass --teacher-ckpt "
+                      "maskbit_generator_12bit.bin --tokenizer-ckpt maskbit_tokenizer_12bit.bin")
+            preset, p = "maskbit-toy", PRESETS["maskbit-toy"]
+        if "bundled" not in p:
+            raise UserError(f"preset '{preset}' has no bundled weights: pass --teacher-ckpt (released: "
+                            f"{p['released']['generator']}) and --tokenizer-ckpt ({p['released']['tokenizer']})")
+        teacher_ckpt, tokenizer_ckpt = p["bundled"]["teacher"], p["bundled"]["tokenizer"]
+    elif teacher_ckpt is None or tokenizer_ckpt is None:
+        raise UserError("pass both --teacher-ckpt and --tokenizer-ckpt (a teacher samples tokens of its own tokenizer)")
+    teacher, _ = load_model("teacher", preset, teacher_ckpt, build_teacher, verbose)
+    tokenizer, _ = load_model("tokenizer", preset, tokenizer_ckpt, build_tokenizer, verbose)
+    return teacher.requires_grad_(False), tokenizer.requires_grad_(False), preset
+
 
 
 if __name__ == "__main__":

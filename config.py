@@ -17,10 +17,14 @@ Run ``python config.py`` to list the presets.
 """
 import argparse
 import contextlib
+import os
 import sys
 from types import SimpleNamespace
 
 import torch
+
+
+ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 
 
 def maskbit_scale_to_w(s):
@@ -74,6 +78,24 @@ PRESETS = {
                       tokenizer="llvictorll/Maskgit-pytorch: pretrained_maskgit/VQGAN/last.ckpt (+ model.yaml)"),
     ),
 }
+# The embedded default: MaskBit's 12-bit architecture in miniature (32x32 images, 8x8 tokens, 2 splits of 6 bits),
+# trained by train.py on the toy shapes; the weights ship in assets/ (see README for the commands that made them).
+PRESETS["maskbit-toy"] = dict(
+    family="maskbit",
+    generator=dict(img_size=32, input_stride=4, hidden_dim=128, codebook_size=4096, codebook_splits=2, depth=4,
+                   heads=4, mlp_dim=512, dropout=0.0, nclass=10, use_prenorm=False),
+    tokenizer=dict(model_class="vqgan+", quantizer_type="lookup-free", codebook_size=4096, token_size=12,
+                   commitment_cost=0.25, entropy_loss_weight=0.02, entropy_loss_temperature=0.01, entropy_gamma=1.0,
+                   num_channels=3, hidden_channels=32, channel_mult=[1, 1, 2], num_resolutions=3, num_res_blocks=1,
+                   sample_with_conv=True),
+    sampler=dict(steps=16, schedule="arccos", temperature=0.9, randomize_temperature=2.0, remask="confidence",
+                 guidance=3.0, guidance_anneal="cosine", scale_pow=3.0),
+    distill=dict(r_init=0.6, sigma_init=0.1, teacher_cfg=2.0, gen_temperature=1.0),
+    bundled=dict(teacher=os.path.join(ASSETS, "maskbit_toy_teacher.pt"),
+                 tokenizer=os.path.join(ASSETS, "maskbit_toy_tokenizer.pt")),
+    released=dict(generator="(bundled) assets/maskbit_toy_teacher.pt",
+                  tokenizer="(bundled) assets/maskbit_toy_tokenizer.pt"),
+)
 PRESETS["maskbit"] = PRESETS["maskbit-12bit"]  # the default released pair (see README: which MaskBit and why)
 
 

@@ -44,7 +44,7 @@ def _shape_mask(cls, x, y, r):
     if cls == 6:                                                       # diagonal cross
         return ((np.abs(x - y) <= 0.4 * r) | (np.abs(x + y) <= 0.4 * r)) & (ax <= 0.75 * r) & (ay <= 0.75 * r)
     box = (ax <= 0.9 * r) & (ay <= 0.9 * r)
-    period = max(2.0, r / 2.5)
+    period = max(3.0, r / 2.0)                                         # coarser than a 4x4-pixel token
     if cls == 7:                                                       # horizontal stripes in a square
         return box & (np.floor((y + r) / period) % 2 == 0)
     if cls == 8:                                                       # checkerboard in a square
@@ -94,21 +94,20 @@ def folder_images(root, split="train"):
     for c, name in enumerate(classes):
         files = sorted(f for f in os.listdir(os.path.join(root, name)) if f.lower().endswith(IMAGE_EXTS))
         for k, f in enumerate(files):
-            if (k % 10 == 0) != (split == "test"):
-                continue
             path = os.path.join(root, name, f)
             try:
-                with Image.open(path) as im:
-                    arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+                with Image.open(path) as im:                           # every file's size is checked, all splits
+                    size = im.size
+                    if first is None:
+                        first = (path, size)
+                    elif size != first[1]:
+                        raise UserError(f"images of mixed sizes: '{path}' is {size[0]}x{size[1]} but "
+                                        f"'{first[0]}' is {first[1][0]}x{first[1][1]}; resize them all to one size")
+                    if (k % 10 == 0) == (split == "test"):
+                        images.append(np.asarray(im.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0)
+                        labels.append(c)
             except OSError as e:
                 raise UserError(f"image '{path}' cannot be read ({e})") from None
-            if first is None:
-                first = (path, arr.shape)
-            elif arr.shape != first[1]:
-                raise UserError(f"images of mixed sizes: '{path}' is {arr.shape[1]}x{arr.shape[0]} but "
-                                f"'{first[0]}' is {first[1][1]}x{first[1][0]}; resize them all to one size first")
-            images.append(arr.transpose(2, 0, 1))
-            labels.append(c)
     if not images:
         raise UserError(f"data folder '{root}' has no {split} images (*.png, *.jpg) in its class folders")
     return torch.from_numpy(np.stack(images)), torch.tensor(labels), classes

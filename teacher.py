@@ -25,12 +25,16 @@ Shapes: B batch, N tokens (h*w), S splits, V classes per split, D width, F input
 Run: ``python teacher.py sample --teacher maskbit --steps 64 --out grid.png`` (add ``--ckpt G.bin
 --tokenizer-ckpt T.bin`` for a released pair); ``python teacher.py train --data toy --tokenizer T.pt --out G.pt``.
 """
+import json
 import math
+import os
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from checkpoints import load_pair
+from config import ArgumentParser, UserError, check_range, get_preset, maskbit_scale_to_w, runtime
+from data import save_image_grid
 from tokenizer import combine_tokens, expected_bits, index_to_bits, split_tokens
 
 
@@ -348,33 +352,8 @@ def sample(model, labels, steps, schedule="arccos", temperature=1.0, randomize_t
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Loading a teacher with its tokenizer, and the sampler's command line.
+# The sampler's command line.
 # ----------------------------------------------------------------------------------------------------------------
-def load_pair(preset, teacher_ckpt=None, tokenizer_ckpt=None, verbose=True):
-    """-> (teacher, tokenizer, resolved preset name).  Presets with bundled weights need no paths; ``maskbit``
-    without paths means the bundled toy MaskBit pair, said in one line."""
-    from checkpoints import load_model
-    from config import PRESETS, UserError, get_preset
-    from tokenizer import build_tokenizer
-    p = get_preset(preset)
-    if teacher_ckpt is None and tokenizer_ckpt is None:
-        if preset == "maskbit" and "bundled" in PRESETS.get("maskbit-toy", {}):
-            if verbose:
-                print("note: --teacher maskbit without checkpoints uses the bundled toy MaskBit pair "
-                      "(preset maskbit-toy); for the released 12-bit pair pass --teacher-ckpt "
-                      "maskbit_generator_12bit.bin --tokenizer-ckpt maskbit_tokenizer_12bit.bin")
-            preset, p = "maskbit-toy", PRESETS["maskbit-toy"]
-        if "bundled" not in p:
-            raise UserError(f"preset '{preset}' has no bundled weights: pass --teacher-ckpt (released: "
-                            f"{p['released']['generator']}) and --tokenizer-ckpt ({p['released']['tokenizer']})")
-        teacher_ckpt, tokenizer_ckpt = p["bundled"]["teacher"], p["bundled"]["tokenizer"]
-    elif teacher_ckpt is None or tokenizer_ckpt is None:
-        raise UserError("pass both --teacher-ckpt and --tokenizer-ckpt (a teacher samples tokens of its own tokenizer)")
-    teacher, _ = load_model("teacher", preset, teacher_ckpt, build_teacher, verbose)
-    tokenizer, _ = load_model("tokenizer", preset, tokenizer_ckpt, build_tokenizer, verbose)
-    return teacher.requires_grad_(False), tokenizer.requires_grad_(False), preset
-
-
 def add_sampler_args(parser):
     """The teacher sampler's knobs; None means 'the preset's default'."""
     g = parser.add_argument_group("teacher sampler (defaults: the preset's)")
@@ -391,7 +370,6 @@ def add_sampler_args(parser):
 
 def sampler_settings(args, preset):
     """Merge the command line over the preset's sampler defaults and check every value."""
-    from config import check_range, get_preset, maskbit_scale_to_w
     s = dict(get_preset(preset)["sampler"])
     for key in s:
         if getattr(args, key, None) is not None:
@@ -408,7 +386,6 @@ def sampler_settings(args, preset):
 
 def parse_labels(text, n, nclass):
     """'3' or '0,1,2' (cycled to n) or None (0, 1, ..., nclass-1 cycled) -> [n] int64."""
-    from config import UserError
     try:
         values = list(range(nclass)) if text is None else [int(v) for v in str(text).split(",")]
     except ValueError:
@@ -420,11 +397,6 @@ def parse_labels(text, n, nclass):
 
 
 def main_sample(argv=None):
-    import json
-    import os
-
-    from config import ArgumentParser, check_range, runtime
-    from data import save_image_grid
     parser = ArgumentParser(prog="teacher.py sample", description="multi-step sampling from a masked teacher")
     parser.add_argument("--teacher", default="maskbit", help="preset name (python config.py lists them)")
     parser.add_argument("--ckpt", "--teacher-ckpt", dest="ckpt", help="teacher weights (.bin/.pth/.pt)")
@@ -454,12 +426,17 @@ def main_sample(argv=None):
     print(f"wrote {args.out} ({args.n} images, {settings['steps']} steps, guidance w={settings['guidance']:.2f})")
 
 
+def main(argv):
+    """python teacher.py {sample,train} ..."""
+    from train import main_teacher                                      # train.py imports this module
+    commands = {"sample": main_sample, "train": main_teacher}
+    if not argv or argv[0] not in commands:
+        raise UserError(f"usage: python teacher.py {{{','.join(commands)}}} [--help]")
+    commands[argv[0]](argv[1:])
+
+
 if __name__ == "__main__":
     import sys
 
     from config import cli
-    commands = {"sample": main_sample}
-    if len(sys.argv) < 2 or sys.argv[1] not in commands:
-        print(f"usage: python teacher.py {{{','.join(commands)}}} [--help]", file=sys.stderr)
-        sys.exit(2)
-    cli(lambda: commands[sys.argv[1]](sys.argv[2:]))
+    cli(lambda: main(sys.argv[1:]))

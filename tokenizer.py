@@ -205,19 +205,21 @@ class LFQTokenizer(nn.Module):
         """Soft bit latents [B, N, C] in [-1, 1] from per-split probs [B, N, S, V] (see ``expected_bits``)."""
         return expected_bits(probs)
 
-    def lfq_losses(self, z):
-        """MaskBit's LFQ training terms on z [B, C, h, w]: commitment and entropy (per-sample minus batch-mean
-        entropy of softmax(2 z.c / T) over the 2^C codes, i.e. of -||z - c||^2 / T up to a constant)."""
+    def lfq_losses(self, z, entropy_positions=None, generator=None):
+        """MaskBit's LFQ training terms on z [B, C, h, w]: commitment, and entropy = per-sample entropy minus
+        gamma * entropy of the batch mean, of softmax(2 z.c / T) over the 2^C codes c (= -||z - c||^2 / T + const).
+        entropy_positions: estimate the entropy terms on that many random positions (a CPU shortcut)."""
         cfg = self.config
-        q = torch.where(z > 0, 1.0, -1.0)
-        commitment = cfg["commitment_cost"] * ((q - z) ** 2).mean()
-        affinity = 2 * torch.einsum("bchw,nc->bhwn", z, self.quantize.codebook).reshape(-1, 2 ** self.num_bits)
-        p = torch.softmax(affinity / cfg["entropy_loss_temperature"], dim=-1)                 # [B*h*w, 2^C]
+        commitment = cfg["commitment_cost"] * ((torch.where(z > 0, 1.0, -1.0) - z) ** 2).mean()
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])            # [B, C, h, w] -> [B*h*w, C]
+        if entropy_positions is not None and entropy_positions < flat.shape[0]:
+            flat = flat[torch.randperm(flat.shape[0], generator=generator)[:entropy_positions].to(flat.device)]
+        affinity = 2 * flat @ self.quantize.codebook.t()                # [P, 2^C]
+        p = torch.softmax(affinity / cfg["entropy_loss_temperature"], dim=-1)
         per_sample = -(p * torch.log(p.clamp_min(1e-5))).sum(-1).mean()
         avg = p.mean(0)
         avg_entropy = -(avg * torch.log(avg.clamp_min(1e-5))).sum()
-        entropy = cfg["entropy_loss_weight"] * (per_sample - cfg["entropy_gamma"] * avg_entropy)
-        return commitment, entropy
+        return commitment, cfg["entropy_loss_weight"] * (per_sample - cfg["entropy_gamma"] * avg_entropy)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -389,7 +391,11 @@ def build_tokenizer(family, config):
     return VQGAN(**config)
 
 
-if __name__ == "__main__":
+def main(argv):
+    """python tokenizer.py train ... trains; without arguments, a small CPU demo."""
+    if argv[:1] == ["train"]:
+        from train import main_tokenizer
+        return main_tokenizer(argv[1:])
     torch.manual_seed(0)
     tok = LFQTokenizer(dict(token_size=10, num_channels=3, hidden_channels=32, channel_mult=[1, 2],
                             num_resolutions=2, num_res_blocks=1, commitment_cost=0.25, entropy_loss_weight=0.02,
@@ -400,3 +406,10 @@ if __name__ == "__main__":
         print("indices", tuple(idx.shape), "round trip bits->ids ok:",
               torch.equal(bits_to_index(index_to_bits(idx, 10)), idx))
         print("decoded", tuple(tok.indices_to_images(idx).shape))
+
+
+if __name__ == "__main__":
+    import sys
+
+    from config import cli
+    cli(lambda: main(sys.argv[1:]))

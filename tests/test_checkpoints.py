@@ -4,6 +4,7 @@ import pickle
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -123,6 +124,17 @@ def test_truncated_and_missing_files(tmp_path):
         load_checkpoint(str(tmp_path / "nope.pt"))
     assert torch.equal(load_checkpoint(path)["w"], torch.arange(10000.0))
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")], "no temp file left behind"
+
+
+def test_random_bytes_are_reported_as_corrupted(tmp_path):
+    """Random bytes reach the legacy unpickler's stack code, which fails in many ways (IndexError, KeyError ...);
+    every one must become the same one-line error, whatever the bytes."""
+    rng = np.random.default_rng(0)
+    for i in range(200):
+        path = tmp_path / f"garbage{i}.pt"
+        path.write_bytes(rng.bytes(int(rng.integers(1, 4096))))
+        with pytest.raises(UserError, match="truncated or corrupted|unsafe|refused"):
+            load_checkpoint(str(path))
 
 
 def test_cli_error_is_one_line_without_traceback(tmp_path):

@@ -1,0 +1,362 @@
+"""Evaluation: how good are generated images, and how fast is one step compared with many?
+
+Metrics of generated images against held-out data, all in the feature space of a small classifier trained on the
+same data (``FeatureNet``; no Inception weights can be downloaded here, and Inception features say little about
+32x32 toy shapes):
+
+* FID: Frechet distance between Gaussians fitted to the 128-d penultimate features (Heusel et al., 2017).
+  FID depends on the sample count: compare only numbers computed from the same number of samples.
+* class consistency: accuracy of the classifier on the samples w.r.t. the class each was generated for.
+* precision, recall, density, coverage with k = 5 nearest neighbours (Naeem et al., 2020).
+
+For ImageNet-scale runs use ``--npz``: samples go to an ``.npz`` with ``arr_0`` uint8 [N, H, W, 3], the layout
+the standard ADM evaluator (guided-diffusion's evaluations/evaluator.py) reads; run that evaluator yourself.
+Every result is written as JSON next to its sample grid, with every sampler setting, the sample count and the seed.
+
+Commands:
+  python eval.py train-features --data toy --out assets/eval_features.pt   # the shipped feature network
+  python eval.py tokenizer --teacher maskbit                               # PSNR + FID of reconstructions
+  python eval.py teacher --teacher maskbit --steps 1,2,4,8,16,32           # FID / class consistency vs steps
+  python eval.py speed --teacher maskbit                                   # one-step vs multi-step images/s
+"""
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from checkpoints import FORMAT, load_checkpoint, load_pair, save_checkpoint
+from config import ASSETS, PRESETS, ArgumentParser, UserError, check_range, cli, get_preset, runtime
+from data import load_images, save_image_grid, to_uint8
+from generator import generate, make_generator
+from teacher import add_sampler_args, build_teacher, parse_labels, sample, sampler_settings
+from tokenizer import build_tokenizer
+
+FEATURES = os.path.join(ASSETS, "eval_features.pt")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The feature network.
+# ----------------------------------------------------------------------------------------------------------------
+class FeatureNet(nn.Module):
+    """A small CNN classifier; ``features`` (128-d, after global average pooling) are the FID space."""
+
+    def __init__(self, nclass=10, width=32):
+        super().__init__()
+
+        def conv(cin, cout, stride=1):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.GroupNorm(8, cout), nn.SiLU())
+        self.body = nn.Sequential(conv(3, width), conv(width, width, 2), conv(width, 2 * width),
+                                  conv(2 * width, 2 * width, 2), conv(2 * width, 4 * width), conv(4 * width, 4 * width))
+        self.head = nn.Linear(4 * width, nclass)
+        self.nclass, self.width = nclass, width
+
+    def features(self, images):
+        return self.body(images * 2 - 1).mean((2, 3))                  # [B, 3, H, W] -> [B, 128]
+
+    def forward(self, images):
+        return self.head(self.features(images))
+
+
+def load_features(path=FEATURES):
+    ckpt = load_checkpoint(path, "feature network")
+    if not (isinstance(ckpt, dict) and ckpt.get("kind") == "features"):
+        raise UserError(f"'{path}' is not a feature-network checkpoint (make one with: python eval.py train-features)")
+    net = FeatureNet(**ckpt["config"])
+    net.load_state_dict(ckpt["model"], strict=True)
+    return net.eval().requires_grad_(False), ckpt
+
+
+def augment(x, gen):
+    """Blur, noise and colour jitter, so that the classifier judges shapes rather than pixel-perfect edges."""
+    b = x.shape[0]
+    k = torch.tensor([1.0, 2.0, 1.0])
+    k = (k[:, None] * k[None, :] / 16).expand(3, 1, 3, 3)
+    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=3)
+    w = torch.rand(b, 1, 1, 1, generator=gen)
+    x = w * blurred + (1 - w) * x
+    x = x * (1 + 0.2 * (torch.rand(b, 3, 1, 1, generator=gen) - 0.5))
+    return (x + 0.04 * torch.rand(b, 1, 1, 1, generator=gen) * torch.randn(x.shape, generator=gen)).clamp(0, 1)
+
+
+def main_train_features(argv):
+    parser = ArgumentParser(prog="eval.py train-features", description="train the evaluation feature network")
+    parser.add_argument("--data", default="toy")
+    parser.add_argument("--out", default=FEATURES)
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    check_range("--steps", args.steps, low=1)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    images, labels, nclass = load_images(args.data, "train")
+    test, test_labels, _ = load_images(args.data, "test")
+    net = FeatureNet(nclass)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    t0 = time.time()
+    for step in range(args.steps):
+        for group in opt.param_groups:
+            group["lr"] = 2e-3 * 0.5 * (1 + np.cos(np.pi * step / args.steps))
+        idx = torch.randint(len(images), (args.batch_size,), generator=gen)
+        loss = F.cross_entropy(net(augment(images[idx], gen)), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        acc = torch.cat([net(b).argmax(1) for b in test.split(500)]).eq(test_labels).float().mean().item()
+    stats = dict(test_accuracy=round(acc, 4), steps=args.steps, data=args.data, seconds=round(time.time() - t0, 1))
+    save_checkpoint(dict(format=FORMAT, kind="features", config=dict(nclass=nclass, width=net.width),
+                         model=net.state_dict(), stats=stats), args.out)
+    print(f"wrote {args.out}: {stats}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Metrics.
+# ----------------------------------------------------------------------------------------------------------------
+def frechet_distance(a, b):
+    """FID between feature sets a [n, d] and b [m, d] (float64; matrix square root by eigendecomposition)."""
+    a, b = a.double(), b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.t()), torch.cov(b.t())
+    vals, vecs = torch.linalg.eigh(cov_a)
+    sqrt_a = vecs @ torch.diag(vals.clamp(min=0).sqrt()) @ vecs.t()
+    middle = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp(min=0).sqrt().sum()  # tr sqrt(S_a^1/2 S_b S_a^1/2)
+    return ((mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * middle).item()
+
+
+def prdc(real, fake, k=5):
+    """Precision, recall, density, coverage (Naeem et al. 2020) with k-nearest-neighbour balls."""
+    real, fake = real.double(), fake.double()
+    radius_real = torch.cdist(real, real).kthvalue(k + 1, dim=1).values   # +1: the point itself is at distance 0
+    radius_fake = torch.cdist(fake, fake).kthvalue(k + 1, dim=1).values
+    d = torch.cdist(real, fake)                                         # [n_real, n_fake]
+    inside = d < radius_real[:, None]
+    return dict(precision=inside.any(0).double().mean().item(),
+                recall=(d < radius_fake[None, :]).any(1).double().mean().item(),
+                density=(inside.double().sum(0) / k).mean().item(),
+                coverage=(d.min(1).values < radius_real).double().mean().item())
+
+
+@torch.no_grad()
+def embed(net, images, batch=500):
+    """-> (features [n, 128], predicted classes [n])."""
+    feats = torch.cat([net.features(b.float()) for b in images.split(batch)])
+    return feats, net.head(feats).argmax(1)
+
+
+class Evaluator:
+    """Holds the feature network and the reference (held-out) features; ``__call__`` scores a set of images."""
+
+    def __init__(self, data="toy", n_ref=5000, features=FEATURES):
+        self.net, ckpt = load_features(features)
+        ref, _, nclass = load_images(data, "test", n_ref if data == "toy" else None)
+        if nclass != self.net.nclass:
+            raise UserError(f"feature network '{features}' has {self.net.nclass} classes but the data has {nclass}")
+        self.ref_images = ref
+        self.ref_features, _ = embed(self.net, ref)
+        self.info = dict(data=data, n_reference=len(ref), features=os.path.relpath(features),
+                         feature_test_accuracy=ckpt["stats"]["test_accuracy"])
+
+    def __call__(self, images, labels):
+        feats, pred = embed(self.net, images.cpu())
+        out = dict(n=len(feats), fid=frechet_distance(feats, self.ref_features),
+                   class_acc=pred.eq(labels.cpu()).float().mean().item())
+        out.update(prdc(self.ref_features[:len(feats)], feats))       # PRDC wants equally many real and fake
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+def write_result(out_dir, name, result, images=None, npz=False):
+    """results -> out_dir/name.json; images -> out_dir/name.png (first 64) and optionally name.npz (ADM layout)."""
+    os.makedirs(out_dir, exist_ok=True)
+    if images is not None:
+        save_image_grid(images[:64], os.path.join(out_dir, name + ".png"))
+        if npz:
+            np.savez(os.path.join(out_dir, name + ".npz"), arr_0=to_uint8(images))
+    with open(os.path.join(out_dir, name + ".json"), "w") as f:
+        json.dump(result, f, indent=1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Commands on a teacher / tokenizer pair.
+# ----------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def teacher_images(teacher, tokenizer, labels, settings, seed, batch=500):
+    """Images [n, 3, H, W] in [0, 1] from the multi-step sampler, deterministic in seed."""
+    gen = torch.Generator(labels.device).manual_seed(seed)
+    out = []
+    for lab in labels.split(batch):
+        tokens = sample(teacher, lab, generator=gen, **settings)
+        out.append(tokenizer.indices_to_images(teacher.to_indices(tokens)).clamp(0, 1).cpu())
+    return torch.cat(out)
+
+
+def pair_args(parser):
+    parser.add_argument("--teacher", default="maskbit", help="preset (python config.py lists them)")
+    parser.add_argument("--teacher-ckpt", help="teacher weights (default: the bundled ones, if any)")
+    parser.add_argument("--tokenizer-ckpt", help="tokenizer weights")
+    parser.add_argument("--data", default="toy", help="held-out reference data: 'toy' or a folder")
+    parser.add_argument("--features", default=FEATURES, help="feature network (python eval.py train-features)")
+    parser.add_argument("--n", type=int, default=2000, help="samples per measurement")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default="runs/eval", help="folder for JSON results and PNG grids")
+    parser.add_argument("--npz", action="store_true", help="also write samples as .npz for the ADM evaluator")
+
+
+def main_tokenizer(argv):
+    parser = ArgumentParser(prog="eval.py tokenizer", description="reconstruction PSNR and FID (the floor)")
+    pair_args(parser)
+    args = parser.parse_args(argv)
+    check_range("--n", args.n, low=2)
+    _, tokenizer, preset = load_pair(args.teacher, args.teacher_ckpt, args.tokenizer_ckpt)
+    evaluator = Evaluator(args.data, features=args.features)
+    images, labels, _ = load_images(args.data, "test", args.n if args.data == "toy" else None, seed=1)
+    with torch.no_grad():
+        recon = torch.cat([tokenizer.indices_to_images(tokenizer.images_to_indices(b)).clamp(0, 1)
+                           for b in images.split(250)])
+    mse = ((recon - images) ** 2).flatten(1).mean(1)
+    result = dict(teacher=preset, psnr=round((10 * torch.log10(1 / mse)).mean().item(), 2),
+                  recon=evaluator(recon, labels), data_itself=evaluator(images, labels), **evaluator.info)
+    write_result(args.out, "tokenizer", result, torch.stack([images[:32], recon[:32]], 1).flatten(0, 1), args.npz)
+    print(json.dumps(result))
+
+
+def main_teacher(argv):
+    parser = ArgumentParser(prog="eval.py teacher", description="teacher FID / class consistency vs steps")
+    pair_args(parser)
+    add_sampler_args(parser)
+    parser.add_argument("--steps-list", default="1,2,4,8,16,32", help="comma-separated step counts")
+    args = parser.parse_args(argv)
+    check_range("--n", args.n, low=2)
+    rt = runtime(args.device)
+    teacher, tokenizer, preset = load_pair(args.teacher, args.teacher_ckpt, args.tokenizer_ckpt)
+    teacher, tokenizer = teacher.to(rt.device), tokenizer.to(rt.device)
+    evaluator = Evaluator(args.data, features=args.features)
+    labels = parse_labels(None, args.n, teacher.nclass).to(rt.device)
+    rows = []
+    for steps in [int(s) for s in args.steps_list.split(",")]:
+        args.steps = steps
+        settings = sampler_settings(args, preset)
+        t0 = time.time()
+        images = teacher_images(teacher, tokenizer, labels, settings, args.seed)
+        row = dict(teacher=preset, seed=args.seed, **settings, **evaluator(images, labels),
+                   seconds=round(time.time() - t0, 1), **evaluator.info)
+        write_result(args.out, f"teacher_{steps}steps", row, images, args.npz)
+        rows.append(row)
+        print(f"steps {steps:3d}  FID {row['fid']:8.3f}  class acc {row['class_acc']:.3f}  "
+              f"precision {row['precision']:.3f}  recall {row['recall']:.3f}  ({row['seconds']} s)")
+    with open(os.path.join(args.out, "teacher_steps.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+
+
+def main_speed(argv):
+    """Teacher (multi-step, CFG) vs one-step generator on the same batch, alternately timed in one run.
+    The tokenizer decode, identical for both, is timed separately and not included."""
+    parser = ArgumentParser(prog="eval.py speed", description="images/s of the teacher and the one-step generator")
+    parser.add_argument("--teacher", default="maskbit")
+    parser.add_argument("--teacher-ckpt")
+    parser.add_argument("--tokenizer-ckpt")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    add_sampler_args(parser)
+    args = parser.parse_args(argv)
+    check_range("--batch-size", args.batch_size, low=1)
+    check_range("--repeats", args.repeats, low=1)
+    rt = runtime(args.device)
+    teacher, tokenizer, preset = load_pair(args.teacher, args.teacher_ckpt, args.tokenizer_ckpt, verbose=False)
+    settings = sampler_settings(args, preset)
+    teacher, tokenizer = teacher.to(rt.device), tokenizer.to(rt.device)
+    gen = make_generator(teacher).eval()
+    labels = torch.arange(args.batch_size, device=rt.device) % teacher.nclass
+
+    def timed(fn):
+        if rt.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn()
+        if rt.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0, out
+
+    run_teacher = lambda: sample(teacher, labels, generator=torch.Generator(rt.device).manual_seed(0), **settings)
+    run_gen = lambda: generate(gen, labels, 0.6, 0.1, 1.0, torch.Generator(rt.device).manual_seed(0))
+    run_teacher(), run_gen()                                            # warm-up
+    t_teacher, t_gen = [], []
+    for _ in range(args.repeats):                                       # alternate, so both see the same machine
+        t_teacher.append(timed(run_teacher)[0])
+        t_gen.append(timed(run_gen)[0])
+    t_decode, _ = timed(lambda: tokenizer.indices_to_images(teacher.to_indices(run_gen())))
+    tt, tg = float(np.median(t_teacher)), float(np.median(t_gen))
+    passes = 1 if settings["guidance"] == 1 else 2
+    print(json.dumps(dict(teacher=preset, batch_size=args.batch_size, teacher_steps=settings["steps"],
+                          cfg_passes=passes, teacher_images_per_s=round(args.batch_size / tt, 2),
+                          generator_images_per_s=round(args.batch_size / tg, 2), speedup=round(tt / tg, 2),
+                          physical_limit=settings["steps"] * passes, decode_images_per_s=
+                          round(args.batch_size / max(t_decode - tg, 1e-9), 2), device=str(rt.device),
+                          repeats=args.repeats)))
+
+
+def memory_table(preset):
+    """Bytes of every model held during distillation, from parameter counts (models built on the meta device)."""
+    p = get_preset(preset)
+    with torch.device("meta"):
+        teacher = build_teacher(p["family"], p["generator"])
+        tokenizer = build_tokenizer(p["family"], p["tokenizer"])
+        gen = make_generator(teacher)
+    n_all = sum(t.numel() for t in teacher.parameters())
+    n_train = sum(t.numel() for t in gen.parameters() if t.requires_grad)
+    gb = 1e9
+    rows = dict(teacher_fp32=4 * n_all / gb, teacher_bf16=2 * n_all / gb, generator=4 * n_all / gb,
+                generator_grads=4 * n_train / gb, generator_adam=8 * n_train / gb, auxiliary=4 * n_all / gb,
+                auxiliary_grads=4 * n_train / gb, auxiliary_adam=8 * n_train / gb, ema=4 * n_all / gb,
+                tokenizer=4 * sum(t.numel() for t in tokenizer.parameters()) / gb)
+    total = sum(v for k, v in rows.items() if k != "teacher_bf16")
+    saved = rows["ema"] + rows["teacher_fp32"] - rows["teacher_bf16"]   # EMA on CPU, frozen teacher in bf16
+    return dict(preset=preset, parameters=n_all, trainable=n_train, gb={k: round(v, 3) for k, v in rows.items()},
+                total_gb_fp32=round(total, 3), total_gb_bf16_teacher_ema_on_cpu=round(total - saved, 3),
+                note="weights and optimiser states only; activations grow with --batch-size (use --grad-accum)")
+
+
+def main_memory(argv):
+    """Computed memory per component for every preset; measured peak RSS of short toy runs on this machine."""
+    parser = ArgumentParser(prog="eval.py memory", description="memory of distillation per preset")
+    parser.add_argument("--measure", action="store_true", help="also run short toy distillations and measure RSS")
+    args = parser.parse_args(argv)
+    for name in [n for n in PRESETS if n != "maskbit"]:
+        print(json.dumps(memory_table(name)))
+    if args.measure:
+        here = os.path.dirname(os.path.abspath(__file__))
+        base = [sys.executable, "-c", "import torch, distill"]
+        runs = {"python+torch": base,
+                "toy-vocab": [sys.executable, "distill.py", "--teacher", "toy-vocab", "--steps", "20",
+                              "--out", "/tmp/dimo-memory-toy-vocab"],
+                "maskbit-toy": [sys.executable, "distill.py", "--teacher", "maskbit", "--steps", "20", "--eval-n",
+                                "200", "--tune-temperature", "", "--out", "/tmp/dimo-memory-maskbit-toy"]}
+        for name, cmd in runs.items():                                 # each run in a fresh child: its own peak
+            before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+            subprocess.run(cmd, cwd=here, check=True, capture_output=True)
+            peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+            print(json.dumps(dict(run=name, peak_rss_mb=round(peak / 1024, 1),
+                                  note="" if peak > before else "not above an earlier child's peak")))
+
+
+def main(argv):
+    """python eval.py {train-features,tokenizer,teacher,speed,memory} ..."""
+    commands = {"train-features": main_train_features, "tokenizer": main_tokenizer, "teacher": main_teacher,
+                "speed": main_speed, "memory": main_memory}
+    if not argv or argv[0] not in commands:
+        raise UserError(f"usage: python eval.py {{{','.join(commands)}}} [--help]")
+    commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    cli(lambda: main(sys.argv[1:]))

@@ -1,0 +1,72 @@
+"""Data and metrics: toy data determinism, the image-folder loader, FID and PRDC on cases with known answers."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from config import UserError
+from data import TOY_CLASSES, folder_images, load_images, save_image_grid, toy_images
+from eval import frechet_distance, prdc
+
+
+def test_toy_data_deterministic_and_balanced():
+    a, la = toy_images(40, seed=5)
+    b, lb = toy_images(40, seed=5)
+    c, _ = toy_images(40, seed=6)
+    assert torch.equal(a, b) and torch.equal(la, lb) and not torch.equal(a, c)
+    assert a.shape == (40, 3, 32, 32) and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(torch.bincount(la), torch.full((len(TOY_CLASSES),), 4))
+    train, _, _ = load_images("toy", "train", 20)
+    test, _, _ = load_images("toy", "test", 20)
+    assert not torch.equal(train, test), "train and test splits come from different seeds"
+
+
+def write_folder(root, sizes):
+    for c, name in enumerate(["cat", "dog"]):
+        (root / name).mkdir(parents=True)
+        for k, size in enumerate(sizes):
+            Image.fromarray(np.full((size, size, 3), 40 * c + k, np.uint8)).save(root / name / f"{k:03d}.png")
+
+
+def test_image_folder(tmp_path):
+    write_folder(tmp_path, [8] * 12)
+    images, labels, classes = folder_images(str(tmp_path), "train")
+    assert classes == ["cat", "dog"] and images.shape == (20, 3, 8, 8) and labels.tolist() == [0] * 10 + [1] * 10
+    test, test_labels, _ = folder_images(str(tmp_path), "test")                # every 10th file: 000 and 010
+    assert len(test) == 4 and test[0, 0, 0, 0].item() == 0.0 and test[1, 0, 0, 0].item() == pytest.approx(10 / 255)
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        folder_images(str(tmp_path / "missing"))
+    with pytest.raises(UserError, match="no class sub-folders"):
+        folder_images(str(tmp_path))
+    write_folder(tmp_path / "mixed", [8, 8, 16])
+    with pytest.raises(UserError, match="mixed sizes"):
+        folder_images(str(tmp_path / "mixed"))
+
+
+def test_frechet_distance_known_values():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(20000, 4, generator=g, dtype=torch.float64)
+    b = torch.randn(20000, 4, generator=g, dtype=torch.float64) * 2 + 1
+    # N(0, I) vs N(1, 4I) in 4-d: |mu|^2 + tr(I + 4I - 2*2I) = 4 + 4 = 8
+    assert frechet_distance(a, b) == pytest.approx(8.0, rel=0.03)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_prdc_identical_disjoint_and_collapsed():
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(500, 8, generator=g)
+    same = prdc(real, real.clone())
+    assert same["precision"] == 1.0 and same["recall"] == 1.0 and same["coverage"] == 1.0
+    far = prdc(real, real + 100)
+    assert far["precision"] == 0.0 and far["coverage"] == 0.0
+    collapsed = prdc(real, real[:1].repeat(500, 1) + 1e-3 * torch.randn(500, 8, generator=g))
+    assert collapsed["precision"] == 1.0 and collapsed["coverage"] < 0.05 and collapsed["recall"] < 0.05
+
+
+def test_grid_png(tmp_path):
+    save_image_grid(torch.rand(10, 3, 8, 8), str(tmp_path / "g.png"), nrow=4)
+    im = Image.open(tmp_path / "g.png")
+    assert im.size == (4 * 10 + 2, 3 * 10 + 2)
