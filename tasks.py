@@ -1,0 +1,221 @@
+"""What distill.py needs to know about a teacher: defaults, models, monitoring, grids and final evaluation.
+
+Two kinds of teacher:
+
+* image teachers (the MaskBit and MaskGIT presets; ``--teacher maskbit`` = the bundled toy MaskBit pair unless
+  checkpoints are given): generator and auxiliary model are copies of the teacher with frozen embedding and output
+  layers; the final evaluation compares one-step generator samples with the multi-step teacher and the teacher at
+  one step, by ``eval.py``'s metrics on the same number of samples, after tuning the generator's inference
+  temperature on a separate seed (as the paper tunes it).
+* ``toy-vocab``: the exact oracle of ``toy_vocab.py``; generator and auxiliary model are copies of a small
+  transformer first trained as a masked model of the oracle; the evaluation is total variation to the target.
+
+Defaults below are for this CPU; on a GPU with a released teacher use the paper's values (README): lr 1e-5,
+batch 64 per GPU, about 30k steps.
+"""
+import copy
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+import ddp
+from checkpoints import load_pair
+from config import PRESETS, UserError, get_preset
+from data import save_image_grid, to_uint8
+from eval import Evaluator, teacher_images, write_result
+from generator import draw_r_init, generate, generator_logits, make_generator
+from teacher import random_mask
+from toy_vocab import OracleTeacher, ToyTransformer, check_joint, empirical, pretrain_mdm, random_joint, \
+    reference_tvs, total_variation
+
+IMAGE_DEFAULTS = dict(steps=1400, batch_size=32, lr=1e-4, lr_aux=1e-3, normalisation="sum", label_smoothing=0.1,
+                      eval_n=2000)
+TOY_VOCAB_DEFAULTS = dict(steps=1500, batch_size=256, lr=3e-4, lr_aux=1e-3, normalisation="mean", label_smoothing=0.0,
+                          eval_n=20000, r_init="0.5", sigma_init=0.1, teacher_cfg=1.0, gen_temperature=1.0)
+
+
+def fill(a, defaults):
+    for key, value in defaults.items():
+        if getattr(a, key, None) is None:
+            setattr(a, key, value)
+
+
+def common_setup(a, rt, teacher, student):
+    """Teacher frozen; generator, EMA and auxiliary model copied from the student; optimisers; compile."""
+    teacher = teacher.to(rt.device).eval().requires_grad_(False)
+    gen = make_generator(student).to(rt.device)
+    aux = make_generator(student).to(rt.device)
+    ema = copy.deepcopy(gen).eval().requires_grad_(False).to("cpu" if a.ema_cpu else rt.device)
+    eps = 1e-6 if rt.amp else 1e-8                                       # Di[M]O: eps 1e-6 under bf16
+    opt_g = torch.optim.Adam([p for p in gen.parameters() if p.requires_grad], lr=a.lr, betas=(0.9, 0.999), eps=eps)
+    opt_aux = torch.optim.Adam([p for p in aux.parameters() if p.requires_grad], lr=a.lr_aux, betas=(0.9, 0.999),
+                               eps=eps)
+    for model in (teacher, gen, aux):                                   # --compile: the transformer passes
+        if a.compile and hasattr(model, "forward_embeddings"):
+            model.forward_embeddings = rt.compile(model.forward_embeddings)
+    return SimpleNamespace(args=a, rt=rt, teacher=teacher, gen=gen, aux=aux, ema=ema, opt_g=opt_g, opt_aux=opt_aux,
+                           gen_call=ddp.wrap(gen, generator_logits),
+                           aux_call=ddp.wrap(aux, lambda m, tokens, labels: m.logits(tokens, labels)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Image teachers.
+# ----------------------------------------------------------------------------------------------------------------
+class ImageTask:
+    monitor = None
+
+    def __init__(self, a, rt):
+        self.teacher, self.tokenizer, self.preset = load_pair(a.teacher, a.teacher_ckpt, a.tokenizer_ckpt,
+                                                              verbose=ddp.is_main())
+        fill(a, dict(IMAGE_DEFAULTS, **{k: (str(v) if k == "r_init" else v)
+                                        for k, v in PRESETS[self.preset]["distill"].items()}))
+        self.sampler = dict(PRESETS[self.preset]["sampler"])
+        self.tokenizer = self.tokenizer.to(rt.device)
+
+    def setup(self, a, rt):
+        run = common_setup(a, rt, self.teacher, self.teacher)
+        if rt.amp:                                                       # the frozen teacher in bf16 saves memory;
+            run.teacher = run.teacher.to(torch.bfloat16)                 # it then always runs under autocast
+        run.task = self
+        return run
+
+    def decode(self, model, tokens):
+        with torch.no_grad():
+            return self.tokenizer.indices_to_images(model.to_indices(tokens)).float().clamp(0, 1).cpu()
+
+    def one_step_images(self, run, labels, temperature, seed, model=None):
+        model, g = model or run.ema, torch.Generator().manual_seed(seed)
+        out = []
+        for lab in labels.split(500):
+            tokens = generate(model, lab.to(ddp.model_device(model)), draw_r_init(run.args.r_init, g),
+                              run.args.sigma_init, temperature, g)
+            out.append(self.decode(model, tokens.to(run.rt.device)))
+        return torch.cat(out)
+
+    def grid(self, run, path):
+        """Rows of 8: generator (EMA, one step), teacher (multi-step), auxiliary model (multi-step, no CFG)."""
+        labels = torch.arange(8, device=run.rt.device) % run.teacher.nclass
+        aux_sampler = dict(self.sampler, guidance=1.0)
+        with run.rt.autocast():
+            rows = [self.one_step_images(run, labels, run.args.gen_temperature, 0),
+                    teacher_images(run.teacher, self.tokenizer, labels, self.sampler, 0),
+                    teacher_images(run.aux, self.tokenizer, labels, aux_sampler, 0)]
+        save_image_grid(torch.cat(rows), path, nrow=8)
+
+    def evaluate(self, run):
+        """FID / class consistency against held-out images (toy data for the bundled teacher, --eval-data
+        otherwise).  Released presets without --eval-data: samples as .npz for the ADM evaluator."""
+        a = run.args
+        labels = torch.arange(a.eval_n) % run.teacher.nclass
+        common = dict(teacher_preset=self.preset, teacher_sampler=self.sampler, eval_n=a.eval_n, seed=a.seed,
+                      steps=a.steps, r_init=a.r_init, sigma_init=a.sigma_init)
+        eval_data = a.eval_data or ("toy" if "bundled" in PRESETS[self.preset] else None)
+        if eval_data is None:
+            images = self.one_step_images(run, labels, a.gen_temperature, a.seed)
+            write_result(a.out, "generator_samples", dict(common, gen_temperature=a.gen_temperature), images, npz=True)
+            return dict(common, gen_temperature=a.gen_temperature, npz=os.path.join(a.out, "generator_samples.npz"))
+        evaluator = Evaluator(eval_data, n_ref=5000, **({"features": a.features} if a.features else {}))
+        tuning = {t: evaluator(self.one_step_images(run, labels, t, a.seed + 1), labels)["fid"]
+                  for t in a.temperatures}                               # tuned on seed+1, reported on seed
+        temperature = min(tuning, key=tuning.get) if tuning else a.gen_temperature
+        images = self.one_step_images(run, labels, temperature, a.seed)
+        on_device = labels.to(run.rt.device)
+        with run.rt.autocast():
+            teacher_multi = teacher_images(run.teacher, self.tokenizer, on_device, self.sampler, a.seed)
+            teacher_one = teacher_images(run.teacher, self.tokenizer, on_device, dict(self.sampler, steps=1), a.seed)
+        gen_m, t_m, t1_m = evaluator(images, labels), evaluator(teacher_multi, labels), evaluator(teacher_one, labels)
+        metrics = dict(fid_generator=gen_m["fid"], fid_teacher=t_m["fid"], fid_teacher_1step=t1_m["fid"],
+                       class_acc_generator=gen_m["class_acc"], class_acc_teacher=t_m["class_acc"],
+                       class_acc_teacher_1step=t1_m["class_acc"], generator=gen_m, teacher=t_m, teacher_1step=t1_m,
+                       gen_temperature=temperature, temperature_tuning_fid=tuning, **common, **evaluator.info)
+        first = [int(torch.nonzero(labels == c)[0]) for c in range(min(8, run.teacher.nclass))]
+        save_image_grid(torch.cat([images[first], teacher_multi[first], teacher_one[first]]),
+                        os.path.join(a.out, "samples.png"), nrow=len(first))
+        write_result(a.out, "generator_samples", metrics, images)
+        if a.save_samples:
+            extra_labels = torch.arange(a.save_samples) % run.teacher.nclass
+            np.save(os.path.join(a.out, "samples.npy"),
+                    to_uint8(self.one_step_images(run, extra_labels, temperature, a.seed)))
+            np.save(os.path.join(a.out, "labels.npy"), extra_labels.numpy())
+        return metrics
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# toy-vocab: the exact oracle.
+# ----------------------------------------------------------------------------------------------------------------
+class ToyVocabTask:
+    grid = None
+
+    def __init__(self, a, rt):
+        fill(a, TOY_VOCAB_DEFAULTS)
+        if a.joint:
+            joint = check_joint(load_joint(a.joint), a.joint)
+        else:
+            if a.vocab < 2 or a.length < 1 or a.vocab ** a.length > 2 ** 20:
+                raise UserError(f"--vocab {a.vocab} --length {a.length}: need V >= 2, L >= 1 and V^L <= 2^20")
+            joint = random_joint(a.vocab, a.length, a.seed)
+        self.oracle = OracleTeacher(joint)
+
+    def setup(self, a, rt):
+        torch.manual_seed(a.seed)
+        student = ToyTransformer(self.oracle.vocab, self.oracle.seq_len)
+        self.pretrain_loss = pretrain_mdm(student, self.oracle, a.mdm_steps,
+                                          generator=torch.Generator().manual_seed(a.seed))
+        run = common_setup(a, rt, self.oracle, student)
+        run.task = self
+        return run
+
+    def samples(self, run, model, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        labels = torch.zeros(n, dtype=torch.long, device=ddp.model_device(model))
+        return generate(model, labels, draw_r_init(run.args.r_init, g), run.args.sigma_init,
+                        run.args.gen_temperature, g).cpu()
+
+    def monitor(self, run):
+        """TV of the EMA and raw generators, and aux_lag: how far the auxiliary model is from the generator's
+        own conditionals, KL(p_theta || p_psi) on masked entries (p_theta from the generator's empirical joint)."""
+        n = min(run.args.eval_n, 5000)
+        raw = self.samples(run, run.gen, n, 1)
+        g = torch.Generator().manual_seed(2)
+        x_t, mask = random_mask(raw[:1000], self.oracle.mask_id, run.args.schedule, g)
+        with torch.no_grad():
+            log_theta = OracleTeacher(empirical(raw, self.oracle.vocab).reshape(self.oracle.p_shape)).logits(x_t)
+            log_psi = torch.log_softmax(run.aux.logits(x_t.to(run.rt.device), torch.zeros(len(x_t)).long()), -1)
+        lag = (log_theta.exp() * (log_theta - log_psi.cpu())).sum(-1)[mask].mean().item()
+        return dict(tv_ema=round(total_variation(self.samples(run, run.ema, n, 1), self.oracle), 4),
+                    tv_raw=round(total_variation(raw, self.oracle), 4), aux_lag=round(lag, 4))
+
+    def evaluate(self, run):
+        a = run.args
+        samples = self.samples(run, run.ema, a.eval_n, a.seed)
+        metrics = dict(tv_generator=round(total_variation(samples, self.oracle), 4),
+                       tv_generator_raw=round(total_variation(self.samples(run, run.gen, a.eval_n, a.seed),
+                                                              self.oracle), 4),
+                       **reference_tvs(self.oracle, a.eval_n, a.seed), n_samples=a.eval_n,
+                       vocab=self.oracle.vocab, length=self.oracle.seq_len,
+                       mdm_pretrain_loss=round(self.pretrain_loss, 4),
+                       steps=a.steps, seed=a.seed, divergence=a.divergence, beta=a.beta, lr=a.lr,
+                       normalisation=a.normalisation, label_smoothing=a.label_smoothing, r_init=a.r_init,
+                       sigma_init=a.sigma_init, aux_updates=a.aux_updates, gen_temperature=a.gen_temperature)
+        if a.save_samples:
+            extra = self.samples(run, run.ema, a.save_samples, a.seed)
+            np.save(os.path.join(a.out, "samples.npy"), extra[..., 0].numpy().astype(np.int64))
+        return metrics
+
+
+def load_joint(path):
+    if not os.path.isfile(path):
+        raise UserError(f"--joint '{path}' does not exist")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise UserError(f"--joint '{path}' is not a readable .npy array ({str(e).splitlines()[0][:80]})") from None
+
+
+def build_task(a, rt):
+    if a.teacher == "toy-vocab":
+        return ToyVocabTask(a, rt)
+    get_preset(a.teacher)
+    return ImageTask(a, rt)

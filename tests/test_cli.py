@@ -1,0 +1,62 @@
+"""Every README command, in a small form: the default image distillation, sampling the distilled generator, the
+evaluation commands and the speed and memory benchmarks."""
+import json
+
+import numpy as np
+import pytest
+
+import distill
+import eval as evaluation
+import generator
+import tokenizer
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("maskbit_run")
+    distill.main(["--teacher", "maskbit", "--steps", "3", "--batch-size", "8", "--eval-n", "60",
+                  "--tune-temperature", "0.5,1.0", "--save-samples", "5", "--grid-every", "3", "--device", "cpu",
+                  "--out", str(out)])
+    return out
+
+
+def test_default_image_distillation_outputs(image_run):
+    m = json.load(open(image_run / "metrics.json"))
+    for key in ("fid_generator", "fid_teacher", "fid_teacher_1step", "class_acc_generator", "class_acc_teacher"):
+        assert isinstance(m[key], float), key
+    assert m["gen_temperature"] in (0.5, 1.0) and set(map(float, m["temperature_tuning_fid"])) == {0.5, 1.0}
+    samples, labels = np.load(image_run / "samples.npy"), np.load(image_run / "labels.npy")
+    assert samples.shape == (5, 32, 32, 3) and samples.dtype == np.uint8 and labels.tolist() == [0, 1, 2, 3, 4]
+    assert (image_run / "samples.png").exists() and (image_run / "grid_000003.png").exists()
+    assert m["teacher_sampler"]["steps"] == 16 and m["ranks_identical"]
+
+
+def test_generator_sample_from_run(image_run, tmp_path):
+    generator.main(["sample", "--run", str(image_run), "--n", "4", "--out", str(tmp_path / "g.png")])
+    record = json.load(open(tmp_path / "g.json"))
+    assert record["step"] == 3 and record["n"] == 4 and (tmp_path / "g.png").exists()
+
+
+def test_eval_commands(tmp_path, capsys):
+    evaluation.main(["tokenizer", "--teacher", "maskbit", "--n", "40", "--out", str(tmp_path)])
+    tok = json.load(open(tmp_path / "tokenizer.json"))
+    assert tok["psnr"] > 15 and tok["recon"]["n"] == 40
+    evaluation.main(["teacher", "--teacher", "maskbit", "--steps-list", "1,2", "--n", "30", "--out", str(tmp_path),
+                     "--npz"])
+    rows = json.load(open(tmp_path / "teacher_steps.json"))
+    assert [r["steps"] for r in rows] == [1, 2] and all("fid" in r and "seed" in r for r in rows)
+    assert np.load(tmp_path / "teacher_2steps.npz")["arr_0"].shape == (30, 32, 32, 3)
+    capsys.readouterr()
+    evaluation.main(["speed", "--teacher", "maskbit", "--batch-size", "4", "--repeats", "1", "--steps", "3"])
+    speed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert speed["teacher_steps"] == 3 and speed["cfg_passes"] == 2 and speed["physical_limit"] == 6
+    assert speed["speedup"] > 1
+    evaluation.main(["memory"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert {r["preset"] for r in rows} >= {"maskbit-12bit", "maskgit", "maskbit-toy"}
+    assert 300e6 < next(r for r in rows if r["preset"] == "maskbit-12bit")["parameters"] < 310e6
+
+
+def test_tokenizer_demo(capsys):
+    tokenizer.main([])
+    assert "round trip bits->ids ok: True" in capsys.readouterr().out
