@@ -70,6 +70,16 @@ def check_common(args):
     check_range("--lr", args.lr, low=0, low_open=True)
 
 
+def optimise(opt, model, loss, what, step):
+    """One clipped optimiser step; a NaN or Inf loss stops training with a message naming the step."""
+    if not torch.isfinite(loss):
+        raise UserError(f"step {step}: {what} loss is not finite ({loss.item()}); stopped (lower --lr)")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Stage I: the LFQ tokenizer.
 # ----------------------------------------------------------------------------------------------------------------
@@ -88,12 +98,7 @@ def train_tokenizer(model, images, steps, batch_size, lr, warmup, entropy_positi
         recon = model.decode(model.quantize_z(z)[0])
         commitment, entropy = model.lfq_losses(z, entropy_positions, gen)
         loss = (recon - x).abs().mean() + F.mse_loss(recon, x) + commitment + entropy
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"tokenizer loss is {loss.item()} at step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimise(opt, model, loss, "tokenizer", step)
         losses.append(loss.item())
         if step % 100 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}", entropy=f"{entropy.item():.4f}")
@@ -162,12 +167,7 @@ def train_teacher(model, tokens, labels, steps, batch_size, lr, warmup, label_dr
         drop = torch.rand(batch_size, generator=gen).to(device) < label_dropout
         logits = model.logits(x_t, y, drop)                               # [B, N, S, V]
         loss = F.cross_entropy(logits[mask], x0[mask], label_smoothing=label_smoothing)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"teacher loss is {loss.item()} at step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimise(opt, model, loss, "teacher", step)
         ema_update(ema, model, ema_decay, step)
         losses.append(loss.item())
         if step % 100 == 0:

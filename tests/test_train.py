@@ -4,14 +4,15 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from checkpoints import load_model
-from config import PRESETS
+from config import PRESETS, UserError
 from data import toy_images
 from teacher import LFQBert, build_teacher
 from tokenizer import LFQTokenizer, build_tokenizer
-from train import train_teacher, train_tokenizer
+from train import optimise, train_teacher, train_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_TOKENIZER = dict(token_size=8, num_channels=3, hidden_channels=32, channel_mult=[1, 2], num_resolutions=2,
@@ -54,3 +55,12 @@ def test_sample_cli_out_of_the_box(tmp_path):
     assert run.returncode == 0, run.stderr
     record = json.load(open(tmp_path / "grid.json"))
     assert out.exists() and record["steps"] == 4 and record["n"] == 8 and "guidance" in record
+
+
+def test_non_finite_training_loss_stops_with_step():
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.Adam(model.parameters())
+    before = model.weight.detach().clone()
+    with pytest.raises(UserError, match="step 7: teacher loss is not finite"):
+        optimise(opt, model, model(torch.ones(1, 2)).sum() * float("nan"), "teacher", 7)
+    assert torch.equal(model.weight, before), "no step is taken on a non-finite loss"
