@@ -35,6 +35,11 @@ def maskbit_scale_to_w(s):
 # ----------------------------------------------------------------------------------------------------------------
 # Presets.  'generator' = LFQBert / MaskTransformer kwargs, 'tokenizer' = VQGAN+ (LFQ) config or taming kwargs.
 # ----------------------------------------------------------------------------------------------------------------
+# Generator inference temperatures (logits / T) tried before the final evaluation.  Di[M]O's sweep on MaskGIT
+# (2 ... 11) found the FID minimum near 7; 1 is the training temperature.
+RELEASED_TEMPS = "1,2,3,4,5,6,7,8,9"
+
+
 def _maskbit(bits, steps, s, rand_temp, scale_pow):
     return dict(
         family="maskbit",
@@ -48,7 +53,8 @@ def _maskbit(bits, steps, s, rand_temp, scale_pow):
                      remask="confidence", guidance=maskbit_scale_to_w(s), guidance_anneal="cosine",
                      scale_pow=scale_pow),
         # Soft-Di[M]O does not publish its MaskBit distillation settings; these are Di[M]O's MaskGIT values.
-        distill=dict(r_init=0.6, sigma_init=0.1, teacher_cfg=2.0, gen_temperature=1.0),
+        distill=dict(r_init=0.6, sigma_init=0.1, teacher_cfg=2.0, gen_temperature=1.0,
+                     tune_temperature=RELEASED_TEMPS),
         released=dict(generator=f"markweber/maskbit_generator_{bits}bit (pytorch_model.bin)",
                       tokenizer=f"markweber/maskbit_tokenizer_{bits}bit (pytorch_model.bin)"),
     )
@@ -73,7 +79,8 @@ PRESETS = {
         # annealing (w = 3.5 here), softmax(logits * 1.3) (temperature 1/1.3 here), random re-masking.
         sampler=dict(steps=16, schedule="arccos", temperature=1 / 1.3, randomize_temperature=0.0, remask="random",
                      guidance=3.5, guidance_anneal="linear", scale_pow=1.0),
-        distill=dict(r_init=0.6, sigma_init=0.1, teacher_cfg=2.0, gen_temperature=1.0),
+        distill=dict(r_init=0.6, sigma_init=0.1, teacher_cfg=2.0, gen_temperature=1.0,
+                     tune_temperature=RELEASED_TEMPS),
         released=dict(generator="llvictorll/Maskgit-pytorch: pretrained_maskgit/MaskGIT/MaskGIT_ImageNet_256.pth",
                       tokenizer="llvictorll/Maskgit-pytorch: pretrained_maskgit/VQGAN/last.ckpt (+ model.yaml)"),
     ),
@@ -90,7 +97,8 @@ PRESETS["maskbit-toy"] = dict(
                    sample_with_conv=True),
     sampler=dict(steps=16, schedule="arccos", temperature=0.9, randomize_temperature=2.0, remask="confidence",
                  guidance=3.0, guidance_anneal="cosine", scale_pow=3.0),
-    distill=dict(r_init=0.6, sigma_init=0.1, teacher_cfg=2.0, gen_temperature=1.0),
+    distill=dict(r_init=0.6, sigma_init=0.1, teacher_cfg=2.0, gen_temperature=1.0,
+                 tune_temperature="0.1,0.15,0.2,0.3,0.45,0.6,0.8,1"),  # measured optimum 0.2-0.3
     bundled=dict(teacher=os.path.join(ASSETS, "maskbit_toy_teacher.pt"),
                  tokenizer=os.path.join(ASSETS, "maskbit_toy_tokenizer.pt")),
     released=dict(generator="(bundled) assets/maskbit_toy_teacher.pt",

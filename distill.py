@@ -243,8 +243,8 @@ def build_parser():
     p.add_argument("--teacher-cfg", type=float, help="teacher guidance w during distillation (1: none)")
     p.add_argument("--schedule", default="arccos", help="mask schedule for x_t and the auxiliary model")
     p.add_argument("--gen-temperature", type=float, help="generator inference temperature; 'tune' below")
-    p.add_argument("--tune-temperature", default="0.1,0.15,0.2,0.3,0.45,0.6,0.8,1.0",
-                   help="temperatures tried on a separate seed before the final evaluation ('' to skip)")
+    p.add_argument("--tune-temperature", help="comma-separated temperatures tried on a separate seed before the "
+                   "final evaluation (default per preset; '' to skip)")
     p.add_argument("--eval-n", type=int, help="samples per final measurement")
     p.add_argument("--eval-data", help="held-out images for FID: 'toy' (default for bundled teachers) or a folder")
     p.add_argument("--features", help="feature network for FID (default: assets/eval_features.pt)")

@@ -288,7 +288,9 @@ def main_speed(argv):
         return time.perf_counter() - t0, out
 
     run_teacher = lambda: sample(teacher, labels, generator=torch.Generator(rt.device).manual_seed(0), **settings)
-    run_gen = lambda: generate(gen, labels, 0.6, 0.1, 1.0, torch.Generator(rt.device).manual_seed(0))
+    init = get_preset(preset)["distill"]                               # the generator's inference settings
+    run_gen = lambda: generate(gen, labels, init["r_init"], init["sigma_init"], init["gen_temperature"],
+                               torch.Generator(rt.device).manual_seed(0))
     run_teacher(), run_gen()                                            # warm-up
     t_teacher, t_gen = [], []
     for _ in range(args.repeats):                                       # alternate, so both see the same machine
@@ -345,7 +347,7 @@ def main_memory(argv):
             before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
             subprocess.run(cmd, cwd=here, check=True, capture_output=True)
             peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-            print(json.dumps(dict(run=name, peak_rss_mb=round(peak / 1024, 1),
+            print(json.dumps(dict(run=name, peak_rss_mib=round(peak / 1024, 1),
                                   note="" if peak > before else "not above an earlier child's peak")))
 
 

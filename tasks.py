@@ -30,7 +30,7 @@ from teacher import random_mask
 from toy_vocab import OracleTeacher, ToyTransformer, check_joint, empirical, pretrain_mdm, random_joint, \
     reference_tvs, total_variation
 
-IMAGE_DEFAULTS = dict(steps=1400, batch_size=32, lr=1e-4, lr_aux=1e-3, normalisation="sum", label_smoothing=0.1,
+IMAGE_DEFAULTS = dict(steps=1400, batch_size=32, lr=2e-4, lr_aux=2e-3, normalisation="sum", label_smoothing=0.1,
                       eval_n=2000)
 TOY_VOCAB_DEFAULTS = dict(steps=1500, batch_size=256, lr=3e-4, lr_aux=1e-3, normalisation="mean", label_smoothing=0.0,
                           eval_n=20000, r_init="0.5", sigma_init=0.1, teacher_cfg=1.0, gen_temperature=1.0)

@@ -60,3 +60,14 @@ def test_eval_commands(tmp_path, capsys):
 def test_tokenizer_demo(capsys):
     tokenizer.main([])
     assert "round trip bits->ids ok: True" in capsys.readouterr().out
+
+
+def test_temperature_grid_is_per_preset():
+    """The toy teacher's optimum is below 1, the paper's (MaskGIT) near 7: each preset carries its own grid."""
+    from config import PRESETS, RELEASED_TEMPS, runtime
+    from tasks import build_task
+    a = distill.build_parser().parse_args(["--teacher", "maskbit"])
+    build_task(a, runtime("cpu"))
+    assert a.tune_temperature == PRESETS["maskbit-toy"]["distill"]["tune_temperature"]
+    assert max(map(float, a.tune_temperature.split(","))) == 1.0
+    assert 7.0 in map(float, RELEASED_TEMPS.split(",")) and PRESETS["maskgit"]["distill"]["tune_temperature"]
