@@ -71,7 +71,8 @@ def test_ddp_gradient_equals_single_process_global_batch(tmp_path, normalisation
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_torchrun_two_ranks_stay_identical(tmp_path):
     args = ["--teacher", "toy-vocab", "--vocab", "3", "--length", "3", "--steps", "40", "--batch-size", "32",
-            "--eval-n", "4000", "--device", "cpu", "--save-every", "20", "--mdm-steps", "200", "--out", str(tmp_path / "ddp")]
+            "--eval-n", "4000", "--device", "cpu", "--save-every", "20", "--mdm-steps", "200",
+            "--out", str(tmp_path / "ddp")]
     run = subprocess.run(["torchrun", "--standalone", "--nproc_per_node=2", "distill.py", *args], cwd=ROOT,
                          capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, OMP_NUM_THREADS="1"))
