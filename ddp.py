@@ -68,11 +68,16 @@ def model_device(model):
     return next(model.parameters()).device
 
 
+def comm_device():
+    """Where collective tensors must live: nccl only moves CUDA tensors, gloo CPU ones."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def all_ok(flag):
     """True only if flag is True on every rank (so that all ranks stop or skip together)."""
     if not active():
         return flag
-    t = torch.tensor([1.0 if flag else 0.0])
+    t = torch.tensor([1.0 if flag else 0.0], device=comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item())
 
@@ -84,6 +89,7 @@ def checksums(*models):
                               for p in m.parameters()) for m in models], dtype=torch.float64)
     if not active():
         return [local.tolist()]
+    local = local.to(comm_device())
     out = [torch.zeros_like(local) for _ in range(world_size())]
     dist.all_gather(out, local)
     return [t.tolist() for t in out]
