@@ -166,7 +166,6 @@ def load_pair(preset, teacher_ckpt=None, tokenizer_ckpt=None, verbose=True):
     return teacher.requires_grad_(False), tokenizer.requires_grad_(False), preset
 
 
-
 if __name__ == "__main__":
     ckpt = load_checkpoint(sys.argv[1])
     if isinstance(ckpt, dict):

@@ -16,7 +16,7 @@ Every result is written as JSON next to its sample grid, with every sampler sett
 Commands:
   python eval.py train-features --data toy --out assets/eval_features.pt   # the shipped feature network
   python eval.py tokenizer --teacher maskbit                               # PSNR + FID of reconstructions
-  python eval.py teacher --teacher maskbit --steps 1,2,4,8,16,32           # FID / class consistency vs steps
+  python eval.py teacher --teacher maskbit --steps-list 1,2,4,8,16,32      # FID / class consistency vs steps
   python eval.py speed --teacher maskbit                                   # one-step vs multi-step images/s
 """
 import json
@@ -35,7 +35,7 @@ from checkpoints import FORMAT, load_checkpoint, load_pair, save_checkpoint
 from config import ASSETS, PRESETS, ArgumentParser, UserError, check_range, cli, get_preset, runtime
 from data import load_images, save_image_grid, to_uint8
 from generator import generate, make_generator
-from teacher import add_sampler_args, build_teacher, parse_labels, sample, sampler_settings
+from teacher import add_sampler_args, build_teacher, parse_labels, sample, sampler_settings, tokens_to_images
 from tokenizer import build_tokenizer
 
 FEATURES = os.path.join(ASSETS, "eval_features.pt")
@@ -160,7 +160,6 @@ class Evaluator:
         ref, _, nclass = load_images(data, "test", n_ref if data == "toy" else None)
         if nclass != self.net.nclass:
             raise UserError(f"feature network '{features}' has {self.net.nclass} classes but the data has {nclass}")
-        self.ref_images = ref
         self.ref_features, _ = embed(self.net, ref)
         self.info = dict(data=data, n_reference=len(ref), features=os.path.relpath(features),
                          feature_test_accuracy=ckpt["stats"]["test_accuracy"])
@@ -194,7 +193,7 @@ def teacher_images(teacher, tokenizer, labels, settings, seed, batch=500):
     out = []
     for lab in labels.split(batch):
         tokens = sample(teacher, lab, generator=gen, **settings)
-        out.append(tokenizer.indices_to_images(teacher.to_indices(tokens)).clamp(0, 1).cpu())
+        out.append(tokens_to_images(teacher, tokenizer, tokens))
     return torch.cat(out)
 
 
@@ -296,7 +295,7 @@ def main_speed(argv):
     for _ in range(args.repeats):                                       # alternate, so both see the same machine
         t_teacher.append(timed(run_teacher)[0])
         t_gen.append(timed(run_gen)[0])
-    t_decode, _ = timed(lambda: tokenizer.indices_to_images(teacher.to_indices(run_gen())))
+    t_decode, _ = timed(lambda: tokens_to_images(teacher, tokenizer, run_gen()))
     tt, tg = float(np.median(t_teacher)), float(np.median(t_gen))
     passes = 1 if settings["guidance"] == 1 else 2
     print(json.dumps(dict(teacher=preset, batch_size=args.batch_size, teacher_steps=settings["steps"],

@@ -35,7 +35,7 @@ import torch
 from checkpoints import load_checkpoint, load_pair
 from config import ArgumentParser, UserError, check_range, runtime
 from data import save_image_grid
-from teacher import LFQBert, parse_labels
+from teacher import LFQBert, parse_labels, tokens_to_images
 
 
 def token_init(model, batch, r_init, generator=None, device="cpu"):
@@ -148,8 +148,7 @@ def main_sample(argv=None):
     labels = parse_labels(args.labels, args.n, gen.nclass).to(rt.device)
     g = torch.Generator(rt.device).manual_seed(args.seed)
     tokens = generate(gen, labels, draw_r_init(run["r_init"], g), run["sigma_init"], temperature, g)
-    with torch.no_grad():
-        save_image_grid(tokenizer.indices_to_images(gen.to_indices(tokens)).cpu(), args.out)
+    save_image_grid(tokens_to_images(gen, tokenizer, tokens), args.out)
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
         json.dump(dict(run=args.run, step=ckpt["step"], teacher=preset, n=args.n, labels=labels.tolist(),
                        seed=args.seed, temperature=temperature, r_init=run["r_init"],

@@ -26,7 +26,7 @@ from config import PRESETS, UserError, get_preset
 from data import save_image_grid, to_uint8
 from eval import Evaluator, teacher_images, write_result
 from generator import draw_r_init, generate, generator_logits, make_generator
-from teacher import random_mask
+from teacher import random_mask, tokens_to_images
 from toy_vocab import OracleTeacher, ToyTransformer, check_joint, empirical, pretrain_mdm, random_joint, \
     reference_tvs, total_variation
 
@@ -81,17 +81,13 @@ class ImageTask:
         run.task = self
         return run
 
-    def decode(self, model, tokens):
-        with torch.no_grad():
-            return self.tokenizer.indices_to_images(model.to_indices(tokens)).float().clamp(0, 1).cpu()
-
     def one_step_images(self, run, labels, temperature, seed, model=None):
         model, g = model or run.ema, torch.Generator().manual_seed(seed)
         out = []
         for lab in labels.split(500):
             tokens = generate(model, lab.to(ddp.model_device(model)), draw_r_init(run.args.r_init, g),
                               run.args.sigma_init, temperature, g)
-            out.append(self.decode(model, tokens.to(run.rt.device)))
+            out.append(tokens_to_images(model, self.tokenizer, tokens.to(run.rt.device)))
         return torch.cat(out)
 
     def grid(self, run, path):

@@ -351,6 +351,12 @@ def sample(model, labels, steps, schedule="arccos", temperature=1.0, randomize_t
     return tokens
 
 
+@torch.no_grad()
+def tokens_to_images(model, tokenizer, tokens):
+    """Tokens [B, N, S] of a teacher (or its one-step copy) -> images [B, 3, H, W], float32 in [0, 1], on the CPU."""
+    return tokenizer.indices_to_images(model.to_indices(tokens)).float().clamp(0, 1).cpu()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The sampler's command line.
 # ----------------------------------------------------------------------------------------------------------------
@@ -416,9 +422,7 @@ def main_sample(argv=None):
     labels = parse_labels(args.labels, args.n, teacher.nclass).to(rt.device)
     gen = torch.Generator(rt.device).manual_seed(args.seed)
     tokens = sample(teacher, labels, generator=gen, **settings)
-    with torch.no_grad():
-        images = tokenizer.indices_to_images(teacher.to_indices(tokens))
-    save_image_grid(images.cpu(), args.out)
+    save_image_grid(tokens_to_images(teacher, tokenizer, tokens), args.out)
     record = dict(teacher=preset, teacher_ckpt=args.ckpt, tokenizer_ckpt=args.tokenizer_ckpt, n=args.n,
                   labels=labels.tolist(), seed=args.seed, device=str(rt.device), **settings)
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
