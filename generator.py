@@ -14,8 +14,9 @@ the generator entropy through its input:
    since MaskBit has no embedding table): the *projected* bit features e = input_proj(bits).  ``input_proj`` is
    MaskBit's embedding (frozen like ``tok_emb``), the transformer sees e, and noise there spans all D dimensions;
    noise on the bit vector itself would only reach a bits-dimensional subspace of the D-dimensional input.
-3. Frozen embedding and output layers (``make_generator``): the perturbation acts on a fixed embedding space and training
-   is more stable (Di[M]O freezes tok_emb/pos_emb/bias; for MaskBit input_proj, class_emb, pos_emb and the head).
+3. Frozen embedding and output layers (``make_generator``): the perturbation acts on a fixed embedding space and
+   training is more stable (Di[M]O freezes tok_emb/pos_emb/bias; for MaskBit input_proj, class_emb, pos_emb and
+   the head).
 
 Then one forward pass gives logits [B, N, S, V] for every position (the random visible tokens are not kept), and
 tokens are drawn from softmax(logits / temperature); the inference temperature is tuned per checkpoint, as the
