@@ -40,6 +40,12 @@ def maskbit_scale_to_w(s):
 RELEASED_TEMPS = "1,2,3,4,5,6,7,8,9"
 
 
+# Soft-Di[M]O (soft_refine.py) on a released teacher: the paper's longer MaskBit run (lr 5e-7, w_GAN 200, AdamW
+# weight decay 0.01), the only published recipe; the discriminator's lr and the step count are ours.
+SOFT_RELEASED = dict(steps=10000, lr=5e-7, lr_aux=None, lr_d=2e-6, w_gan=200.0, weight_decay=0.01, d_warmup=500,
+                     soft_temperature=1.0)
+
+
 def _maskbit(bits, steps, s, rand_temp, scale_pow):
     return dict(
         family="maskbit",
@@ -55,6 +61,7 @@ def _maskbit(bits, steps, s, rand_temp, scale_pow):
         # Soft-Di[M]O does not publish its MaskBit distillation settings; these are Di[M]O's MaskGIT values.
         distill=dict(r_init=0.6, sigma_init=0.1, teacher_cfg=2.0, gen_temperature=1.0,
                      tune_temperature=RELEASED_TEMPS),
+        soft=SOFT_RELEASED,
         released=dict(generator=f"markweber/maskbit_generator_{bits}bit (pytorch_model.bin)",
                       tokenizer=f"markweber/maskbit_tokenizer_{bits}bit (pytorch_model.bin)"),
     )
@@ -81,6 +88,7 @@ PRESETS = {
                      guidance=3.5, guidance_anneal="linear", scale_pow=1.0),
         distill=dict(r_init=0.6, sigma_init=0.1, teacher_cfg=2.0, gen_temperature=1.0,
                      tune_temperature=RELEASED_TEMPS),
+        soft=SOFT_RELEASED,
         released=dict(generator="llvictorll/Maskgit-pytorch: pretrained_maskgit/MaskGIT/MaskGIT_ImageNet_256.pth",
                       tokenizer="llvictorll/Maskgit-pytorch: pretrained_maskgit/VQGAN/last.ckpt (+ model.yaml)"),
     ),
@@ -99,6 +107,10 @@ PRESETS["maskbit-toy"] = dict(
                  guidance=3.0, guidance_anneal="cosine", scale_pow=3.0),
     distill=dict(r_init=0.6, sigma_init=0.1, teacher_cfg=2.0, gen_temperature=1.0,
                  tune_temperature="0.1,0.15,0.2,0.3,0.45,0.6,0.8,1"),  # measured optimum 0.2-0.3
+    # soft_refine.py, measured here (README): the GAN judges softmax(z / 0.2), the temperature the Di[M]O run tunes,
+    # and a GAN-refined generator samples best at 0.05-0.15, hence its own grid.
+    soft=dict(steps=400, lr=1e-4, lr_aux=None, lr_d=1e-3, w_gan=10.0, weight_decay=0.0, d_warmup=300,
+              soft_temperature=0.2, tune_temperature="0.05,0.1,0.15,0.2,0.3,0.45"),
     bundled=dict(teacher=os.path.join(ASSETS, "maskbit_toy_teacher.pt"),
                  tokenizer=os.path.join(ASSETS, "maskbit_toy_tokenizer.pt")),
     released=dict(generator="(bundled) assets/maskbit_toy_teacher.pt",

@@ -95,11 +95,9 @@ def aux_loss(aux_call, mask_id, x, labels, schedule, label_smoothing, generator=
     return F.cross_entropy(logits[mask].float(), x[mask], label_smoothing=label_smoothing)
 
 
-def generator_loss(run, labels, x_init, sigma):
-    """Steps 1-6 for one batch.  -> (surrogate loss, statistics for the log)."""
+def dimo_loss(run, z, labels):
+    """Steps 2-6 on the generator's logits z [B, N, S, V].  -> (surrogate loss, mean divergence, the hard draw x)."""
     a, rng = run.args, run.rng
-    with run.rt.autocast():
-        z = run.gen_call(labels, x_init, sigma, rng)                      # [B, N, S, V], with gradient
     with torch.no_grad():
         x = sample_tokens(z.detach(), 1.0, rng)                          # distillation runs at temperature 1
         x_t, mask = random_mask(x, run.teacher.mask_id, a.schedule, rng)
@@ -107,11 +105,29 @@ def generator_loss(run, labels, x_init, sigma):
             z_teacher = guided_logits(run.teacher, x_t, labels, a.teacher_cfg)
             z_aux = run.aux.logits(x_t, labels)
         g, value = divergence_grad(z_teacher, z_aux, a.divergence, a.beta)
-    loss = dimo_surrogate(z, g, mask, a.normalisation)
+    return dimo_surrogate(z, g, mask, a.normalisation), value[mask].mean().item(), x
+
+
+def generator_loss(run, labels, x_init, sigma):
+    """Step 1, then w_dimo times the Di[M]O loss plus the extra terms of a later stage, all on the same logits z.
+    The seam for soft_refine.py: ``run.w_dimo`` (1 here; 0 = no Di[M]O term) and ``run.extra_terms``, a list of
+    fn(run, z, labels) -> (loss, stats).  -> (loss, statistics for the log)."""
+    with run.rt.autocast():
+        z = run.gen_call(labels, x_init, sigma, run.rng)                 # [B, N, S, V], with gradient
+    stats = {}
+    if run.w_dimo > 0:
+        loss_dm, stats["divergence"], x = dimo_loss(run, z, labels)
+        loss = run.w_dimo * loss_dm
+        stats["loss_dm"] = loss_dm.item()
+    else:
+        loss, x = z.sum() * 0, sample_tokens(z.detach(), 1.0, run.rng)
+    for term in run.extra_terms:
+        extra, extra_stats = term(run, z, labels)
+        loss = loss + extra
+        stats.update(extra_stats)
     with torch.no_grad():
         p = torch.softmax(z.detach().float(), -1)
-        stats = dict(divergence=value[mask].mean().item(),
-                     entropy=-(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean().item(),
+        stats.update(entropy=-(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean().item(),
                      unique_tokens=torch.unique(run.gen.to_indices(x)).numel())  # distinct ids in the batch
     return loss, stats
 
@@ -130,9 +146,24 @@ def check_finite(name, value, step):
 # The run: setup, loop, checkpoints, evaluation.
 # ----------------------------------------------------------------------------------------------------------------
 def state_dict_of(run, step, rng):
+    """Everything a bitwise --resume needs, plus the modules and optimisers of a later stage (``run.extra_state``)."""
     return dict(step=step, args=vars(run.args), generator=run.gen.state_dict(), ema=run.ema.state_dict(),
                 aux=run.aux.state_dict(), opt_generator=run.opt_g.state_dict(),
-                opt_aux=run.opt_aux.state_dict(), rng=rng.get_state(), torch_rng=torch.get_rng_state())
+                opt_aux=run.opt_aux.state_dict(), rng=rng.get_state(), torch_rng=torch.get_rng_state(),
+                **{name: obj.state_dict() for name, obj in run.extra_state.items()})
+
+
+def restore(run, ckpt):
+    """Load a checkpoint written by save_run into a freshly set-up run (strictly), for --resume."""
+    for key, module in (("generator", run.gen), ("ema", run.ema), ("aux", run.aux)):
+        module.load_state_dict(ckpt[key], strict=True)
+    run.opt_g.load_state_dict(ckpt["opt_generator"])
+    run.opt_aux.load_state_dict(ckpt["opt_aux"])
+    for name, obj in run.extra_state.items():
+        obj.load_state_dict(ckpt[name])
+    run.rng.set_state(ckpt["rng"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    run.step = ckpt["step"]
 
 
 def save_run(run, step, rng):
@@ -155,7 +186,7 @@ def generator_update(run, step, r_init, sigma):
     check_finite("generator gradient norm", gnorm.item(), step)
     run.opt_g.step()
     ema_update(run.ema, run.gen, a.ema, step)
-    return dict(stats, loss_dm=loss.item(), grad_norm=gnorm.item())
+    return dict(stats, loss=loss.item(), grad_norm=gnorm.item())
 
 
 def aux_update(run, step, sigma):
@@ -191,13 +222,16 @@ def train(run):
         r_init, sigma = draw_r_init(a.r_init, rng), sigma_at(a.sigma_init, step, a.sigma_warmup)
         try:
             stats = dict(generator_update(run, step, r_init, sigma), **aux_update(run, step, sigma))
+            for hook in run.after_step:                                  # e.g. soft_refine.py's discriminator
+                stats.update(hook(run, step, lr_scale))
         except NonFinite as e:
             if not a.skip_nonfinite:
                 raise UserError(f"{e}; stopped, the last checkpoint in {a.out} is intact (lower --lr, or pass "
                                 f"--skip-nonfinite to skip such steps)") from None
             print(f"warning: {e}; step skipped (--skip-nonfinite)")
-            run.opt_g.zero_grad(set_to_none=True)
-            run.opt_aux.zero_grad(set_to_none=True)
+            for opt in (run.opt_g, run.opt_aux, *run.extra_state.values()):
+                if isinstance(opt, torch.optim.Optimizer):
+                    opt.zero_grad(set_to_none=True)
             stats = dict(skipped=True)
         done = step + 1
         if log is not None and (step % a.log_every == 0 or done == a.steps):
@@ -308,23 +342,24 @@ def main(argv=None):
     rng = torch.Generator().manual_seed(a.seed * 1000 + ddp.rank())      # per-rank stream
     run.rng, run.step = rng, 0
     if resume is not None:
-        for key, module in (("generator", run.gen), ("ema", run.ema), ("aux", run.aux)):
-            module.load_state_dict(resume[key], strict=True)
-        run.opt_g.load_state_dict(resume["opt_generator"])
-        run.opt_aux.load_state_dict(resume["opt_aux"])
-        rng.set_state(resume["rng"])
-        torch.set_rng_state(resume["torch_rng"])
-        run.step = resume["step"]
+        restore(run, resume)
         if ddp.is_main():
             print(f"resumed {a.out} at step {run.step} of {a.steps}")
+    train_and_evaluate(run, lambda: task.evaluate(run))
+
+
+def train_and_evaluate(run, evaluate):
+    """config.json, the loop, then on rank 0 evaluate() -> metrics.json (also soft_refine.py's ending)."""
+    a = run.args
     if ddp.is_main():
         with open(os.path.join(a.out, "config.json"), "w") as f:
             json.dump(dict(vars(a), world_size=ddp.world_size(), global_batch=a.batch_size * ddp.world_size()),
                       f, indent=1, default=str)
     train(run)
-    sums = ddp.checksums(run.gen, run.ema, run.aux)
+    sums = ddp.checksums(run.gen, run.ema, run.aux, *[m for m in run.extra_state.values()
+                                                       if isinstance(m, torch.nn.Module)])
     if ddp.is_main():
-        metrics = dict(task.evaluate(run), world_size=ddp.world_size(), global_batch=a.batch_size * ddp.world_size(),
+        metrics = dict(evaluate(), world_size=ddp.world_size(), global_batch=a.batch_size * ddp.world_size(),
                        ranks_identical=all(s == sums[0] for s in sums))
         with open(os.path.join(a.out, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=1)

@@ -14,6 +14,7 @@ Defaults below are for this CPU; on a GPU with a released teacher use the paper'
 batch 64 per GPU, about 30k steps.
 """
 import copy
+import json
 import os
 from types import SimpleNamespace
 
@@ -55,9 +56,12 @@ def common_setup(a, rt, teacher, student):
     for model in (teacher, gen, aux):                                   # --compile: the transformer passes
         if a.compile and hasattr(model, "forward_embeddings"):
             model.forward_embeddings = rt.compile(model.forward_embeddings)
+    # w_dimo, extra_terms, after_step, extra_state: the seams through which soft_refine.py adds its losses, its
+    # discriminator update and their checkpointed state to distill.py's loop (plain Di[M]O uses none of them).
     return SimpleNamespace(args=a, rt=rt, teacher=teacher, gen=gen, aux=aux, ema=ema, opt_g=opt_g, opt_aux=opt_aux,
                            gen_call=ddp.wrap(gen, generator_logits),
-                           aux_call=ddp.wrap(aux, lambda m, tokens, labels: m.logits(tokens, labels)))
+                           aux_call=ddp.wrap(aux, lambda m, tokens, labels: m.logits(tokens, labels)),
+                           w_dimo=1.0, extra_terms=[], after_step=[], extra_state={})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -100,10 +104,14 @@ class ImageTask:
                     teacher_images(run.aux, self.tokenizer, labels, aux_sampler, 0)]
         save_image_grid(torch.cat(rows), path, nrow=8)
 
-    def evaluate(self, run):
+    def evaluate(self, run, extra=None, reuse=None):
         """FID / class consistency against held-out images (toy data for the bundled teacher, --eval-data
-        otherwise).  Released presets without --eval-data: samples as .npz for the ADM evaluator."""
-        a = run.args
+        otherwise).  Released presets without --eval-data: samples as .npz for the ADM evaluator.
+        extra: {name: (model, temperature)}, more one-step generators scored beside run.ema at a fixed temperature
+        (soft_refine.py: the Di[M]O generator it started from).  reuse: an earlier metrics dict whose teacher rows
+        are taken as they are when it was measured with the same teacher, sampler, data, feature network, n and
+        seed (sampling is deterministic, so they are exact; the caller vouches that the checkpoints are the same)."""
+        a, extra = run.args, extra or {}
         labels = torch.arange(a.eval_n) % run.teacher.nclass
         common = dict(teacher_preset=self.preset, teacher_sampler=self.sampler, eval_n=a.eval_n, seed=a.seed,
                       steps=a.steps, r_init=a.r_init, sigma_init=a.sigma_init)
@@ -111,24 +119,50 @@ class ImageTask:
         if eval_data is None:
             images = self.one_step_images(run, labels, a.gen_temperature, a.seed)
             write_result(a.out, "generator_samples", dict(common, gen_temperature=a.gen_temperature), images, npz=True)
+            for name, (model, temperature) in extra.items():
+                write_result(a.out, f"{name}_samples", dict(common, gen_temperature=temperature),
+                             self.one_step_images(run, labels, temperature, a.seed, model), npz=True)
             return dict(common, gen_temperature=a.gen_temperature, npz=os.path.join(a.out, "generator_samples.npz"))
         evaluator = Evaluator(eval_data, n_ref=5000, **({"features": a.features} if a.features else {}))
         tuning = {t: evaluator(self.one_step_images(run, labels, t, a.seed + 1), labels)["fid"]
                   for t in a.temperatures}                               # tuned on seed+1, reported on seed
         temperature = min(tuning, key=tuning.get) if tuning else a.gen_temperature
         images = self.one_step_images(run, labels, temperature, a.seed)
+        first = [int(torch.nonzero(labels == c)[0]) for c in range(min(8, run.teacher.nclass))]
         on_device = labels.to(run.rt.device)
-        with run.rt.autocast():
-            teacher_multi = teacher_images(run.teacher, self.tokenizer, on_device, self.sampler, a.seed)
-            teacher_one = teacher_images(run.teacher, self.tokenizer, on_device, dict(self.sampler, steps=1), a.seed)
-        gen_m, t_m, t1_m = evaluator(images, labels), evaluator(teacher_multi, labels), evaluator(teacher_one, labels)
+        key = dict(common, **evaluator.info)
+        reused = reuse is not None and all(json.dumps(reuse.get(k)) == json.dumps(key[k]) for k in
+                                           ("teacher_preset", "teacher_sampler", "eval_n", "seed", "data", "features"))
+        with run.rt.autocast():                                          # the grid's teacher rows: first of a class
+            if reused:
+                t_m, t1_m = reuse["teacher"], reuse["teacher_1step"]
+                grid_labels = on_device[first]
+                teacher_multi = teacher_images(run.teacher, self.tokenizer, grid_labels, self.sampler, a.seed)
+                teacher_one = teacher_images(run.teacher, self.tokenizer, grid_labels, dict(self.sampler, steps=1),
+                                             a.seed)
+            else:
+                teacher_multi = teacher_images(run.teacher, self.tokenizer, on_device, self.sampler, a.seed)
+                teacher_one = teacher_images(run.teacher, self.tokenizer, on_device, dict(self.sampler, steps=1),
+                                             a.seed)
+                t_m, t1_m = evaluator(teacher_multi, labels), evaluator(teacher_one, labels)
+                teacher_multi, teacher_one = teacher_multi[first], teacher_one[first]
+        gen_m = evaluator(images, labels)
         metrics = dict(fid_generator=gen_m["fid"], fid_teacher=t_m["fid"], fid_teacher_1step=t1_m["fid"],
                        class_acc_generator=gen_m["class_acc"], class_acc_teacher=t_m["class_acc"],
                        class_acc_teacher_1step=t1_m["class_acc"], generator=gen_m, teacher=t_m, teacher_1step=t1_m,
-                       gen_temperature=temperature, temperature_tuning_fid=tuning, **common, **evaluator.info)
-        first = [int(torch.nonzero(labels == c)[0]) for c in range(min(8, run.teacher.nclass))]
-        save_image_grid(torch.cat([images[first], teacher_multi[first], teacher_one[first]]),
-                        os.path.join(a.out, "samples.png"), nrow=len(first))
+                       gen_temperature=temperature, temperature_tuning_fid=tuning, teacher_rows_reused=reused,
+                       **key)
+        rows = [teacher_multi]
+        for name, (model, t) in extra.items():
+            extra_images = self.one_step_images(run, labels, t, a.seed, model)
+            m = evaluator(extra_images, labels)
+            metrics.update({f"fid_{name}": m["fid"], f"class_acc_{name}": m["class_acc"], name: m,
+                            f"{name}_temperature": t})
+            rows.append(extra_images[first])
+        rows += [images[first], teacher_one]
+        if not extra:                                                    # Di[M]O's row order: generator first
+            rows = [images[first], teacher_multi, teacher_one]
+        save_image_grid(torch.cat(rows), os.path.join(a.out, "samples.png"), nrow=len(first))
         write_result(a.out, "generator_samples", metrics, images)
         if a.save_samples:
             extra_labels = torch.arange(a.save_samples) % run.teacher.nclass

@@ -102,6 +102,16 @@ class MaskedTokenModel(nn.Module):
             return labels.long()
         return torch.where(drop_label.to(labels.device).bool(), torch.full_like(labels.long(), null_id), labels.long())
 
+    def hidden_states(self, e, labels, layers, drop_label=None):
+        """States [B, N+1, D] after each transformer block in ``layers`` (1-based), run only as deep as the deepest
+        one: Soft-Di[M]O's multi-layer discriminator reads the backbone here."""
+        out, x = [], self.embed_sequence(e, labels, drop_label)
+        for i in range(max(layers)):
+            x = self.block(i, x)
+            if i + 1 in layers:
+                out.append(x)
+        return out
+
     def frozen_parameters(self):
         """Di[M]O freezes the embedding and output layers of the generator and the auxiliary model."""
         return [p for n, p in self.named_parameters() if n.split(".")[0] in self.FROZEN]
@@ -154,17 +164,24 @@ class LFQBert(MaskedTokenModel):
     def input_embed(self, x):
         return self.input_proj(x)
 
+    def embed_sequence(self, e, labels, drop_label=None):
+        """e [B, N, D] and labels -> the first block's input [B, N+1, D] (class slot last)."""
+        c = self.class_emb(self.class_ids(labels, drop_label, self.nclass))[:, None]  # [B] -> [B, 1, D]
+        return self.first_layer(torch.cat([e, c], dim=1) + self.pos_emb)
+
+    def block(self, i, x):
+        attn, ffn = self.transformer.layers[i]
+        if self.use_prenorm:
+            x = x + attn(attn.norm(x))
+            return x + ffn(ffn.norm(x))
+        x = attn.norm(x + attn(x))
+        return ffn.norm(x + ffn(x))
+
     def forward_embeddings(self, e, labels, drop_label=None):
         b = e.shape[0]
-        c = self.class_emb(self.class_ids(labels, drop_label, self.nclass))[:, None]  # [B] -> [B, 1, D]
-        x = self.first_layer(torch.cat([e, c], dim=1) + self.pos_emb)  # class slot last: [B, N+1, D]
-        for attn, ffn in self.transformer.layers:
-            if self.use_prenorm:
-                x = x + attn(attn.norm(x))
-                x = x + ffn(ffn.norm(x))
-            else:
-                x = attn.norm(x + attn(x))
-                x = ffn.norm(x + ffn(x))
+        x = self.embed_sequence(e, labels, drop_label)
+        for i in range(len(self.transformer.layers)):
+            x = self.block(i, x)
         if self.use_prenorm:
             x = self.norm_after_transformer(x)
         y = self.prediction_layer(self.last_layer(x))
@@ -215,12 +232,19 @@ class MaskTransformer(MaskedTokenModel):
     def input_embed(self, x):
         return x
 
-    def forward_embeddings(self, e, labels, drop_label=None):
+    def embed_sequence(self, e, labels, drop_label=None):
+        """e [B, N, D] and labels -> the first block's input [B, N+1, D] (class slot last)."""
         ids = self.class_ids(labels, drop_label, self.nclass) + self.codebook_size + 1  # null class when dropped
-        x = torch.cat([e, self.tok_emb(ids)[:, None]], dim=1) + self.pos_emb  # class slot last: [B, N+1, D]
-        x = self.first_layer(x)
-        for attn, ffn in self.transformer.layers:
-            x = ffn(attn(x))
+        return self.first_layer(torch.cat([e, self.tok_emb(ids)[:, None]], dim=1) + self.pos_emb)
+
+    def block(self, i, x):
+        attn, ffn = self.transformer.layers[i]
+        return ffn(attn(x))
+
+    def forward_embeddings(self, e, labels, drop_label=None):
+        x = self.embed_sequence(e, labels, drop_label)
+        for i in range(len(self.transformer.layers)):
+            x = self.block(i, x)
         x = self.last_layer(x)
         logits = x @ self.tok_emb.weight.t() + self.bias               # tied head: [B, N+1, vocab_in]
         return logits[:, :self.seq_len, None, :self.vocab]             # -> [B, N, 1, K+1]

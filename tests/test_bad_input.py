@@ -41,9 +41,13 @@ def files(tmp_path_factory):
         (d / "small" / f"c{c}").mkdir(parents=True)
         for k in range(2):                                              # file 0 of each class is held out
             Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(d / "small" / f"c{c}" / f"{k}.png")
+    import distill
+    distill.main(["--teacher", "maskbit", "--steps", "1", "--batch-size", "2", "--eval-n", "10", "--tune-temperature",
+                  "", "--device", "cpu", "--out", str(d / "dimo")])        # a tiny Di[M]O run for soft_refine.py
     return d
 
 
+SOFT = ["soft_refine.py", "--init", "{d}/dimo", "--out", "{d}/soft", "--steps", "1"]
 CASES = [  # (id, argv with {d} for the fixture folder, a fragment the message must contain)
     ("r_init 1", TOY + ["--r-init", "1.0"], "--r-init = 1.0 is out of range"),
     ("r_init negative", TOY + ["--r-init", "-0.1"], "--r-init = -0.1"),
@@ -113,6 +117,18 @@ CASES = [  # (id, argv with {d} for the fixture folder, a fragment the message m
      "does not exist"),
     ("speed batch 0", ["eval.py", "speed", "--teacher", "maskbit-toy", "--batch-size", "0"], "--batch-size = 0"),
     ("generator sample no run", ["generator.py", "sample", "--run", "{d}/no_run"], "does not exist"),
+    ("soft init missing", ["soft_refine.py", "--init", "{d}/no_run"], "make one with: python distill.py"),
+    ("soft resume missing", ["soft_refine.py", "--resume", "{d}/no_run"], "does not exist"),
+    ("soft relax", SOFT + ["--relax", "gumbel"], "--relax 'gumbel'"),
+    ("soft backbone", SOFT + ["--d-backbone", "student"], "--d-backbone 'student'"),
+    ("soft r_max", SOFT + ["--r-max", "1.5"], "--r-max = 1.5"),
+    ("soft w_gan negative", SOFT + ["--w-gan", "-1"], "--w-gan = -1.0"),
+    ("soft nothing to train", SOFT + ["--w-gan", "0", "--w-dimo", "0"], "leave nothing to train"),
+    ("soft lr_d 0", SOFT + ["--lr-d", "0"], "--lr-d = 0.0"),
+    ("soft layer too deep", SOFT + ["--d-layers", "2,9"], "blocks 1 ... 4"),
+    ("soft layer text", SOFT + ["--d-layers", "last"], "--d-layers 'last'"),
+    ("soft data missing", SOFT + ["--data", "{d}/no_folder"], "does not exist or is not a folder"),
+    ("soft data wrong size", SOFT + ["--data", "{d}/small", "--cache", "{d}/cache"], "expects 32x32"),
 ]
 
 
