@@ -250,6 +250,15 @@ def train(run):
         log.close()
 
 
+def runtime_args(p):
+    """The flags every training script shares (also soft_refine.py's)."""
+    p.add_argument("--skip-nonfinite", action="store_true", help="skip steps with NaN/Inf instead of stopping")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA; on CPU only when asked)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the transformer passes")
+
+
 def build_parser():
     p = ArgumentParser(prog="distill.py", description="Di[M]O: distil a masked teacher into a one-step generator")
     p.add_argument("--teacher", default="maskbit", help="preset, or 'toy-vocab' (python config.py lists presets)")
@@ -287,11 +296,7 @@ def build_parser():
     p.add_argument("--eval-every", type=int, default=200, help="in-training monitor (toy-vocab TV) every N steps")
     p.add_argument("--grid-every", type=int, default=0, help="side-by-side sample grid every N steps (0: end)")
     p.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps (and at the end)")
-    p.add_argument("--skip-nonfinite", action="store_true", help="skip steps with NaN/Inf instead of stopping")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA; on CPU only when asked)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the three models' forward passes")
+    runtime_args(p)
     p.add_argument("--joint", help="toy-vocab: a .npy of shape (V,)*L summing to 1")
     p.add_argument("--vocab", type=int, default=4, help="toy-vocab: V of the random joint")
     p.add_argument("--length", type=int, default=4, help="toy-vocab: L of the random joint")

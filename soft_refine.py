@@ -313,11 +313,7 @@ def build_parser():
     p.add_argument("--eval-every", type=int, default=100, help="in-training FID every N steps (and at the end)")
     p.add_argument("--monitor-n", type=int, default=500, help="samples of that in-training FID (0: off)")
     p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (and at the end)")
-    p.add_argument("--skip-nonfinite", action="store_true", help="skip steps with NaN/Inf instead of stopping")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA; on CPU only when asked)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the transformer passes")
+    distill.runtime_args(p)
     return p
 
 
