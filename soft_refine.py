@@ -58,7 +58,6 @@ import distill
 from checkpoints import load_checkpoint, save_checkpoint
 from config import PRESETS, ArgumentParser, UserError, check_range, cli, runtime
 from data import load_images
-from eval import Evaluator
 from generator import draw_r_init, generator_logits, token_init
 from tasks import build_task
 from train import tokenize
@@ -172,11 +171,18 @@ def backbone_states(run, features, labels):
 # ----------------------------------------------------------------------------------------------------------------
 # The two updates Soft-Di[M]O adds to Di[M]O's loop.
 # ----------------------------------------------------------------------------------------------------------------
+def fake_features(run, z):
+    """The discriminator's fake input from logits z: Emb_phi's features of relax(z / T), masked.  -> (features
+    [B, N, F], mask ratio [B]); differentiable in z."""
+    a = run.args
+    probs = relax(z / a.soft_temperature, a.relax, run.rng)              # [B, N, S, V]
+    return mask_entries(run.teacher, run.teacher.soft_features(probs), a.r_max, run.rng)
+
+
 def gan_term(run, z, labels):
     """L_GAN on the soft embeddings of the generator's logits z: its gradient reaches theta only through relax()."""
     a = run.args
-    probs = relax(z / a.soft_temperature, a.relax, run.rng)              # [B, N, S, V], differentiable
-    features, r = mask_entries(run.teacher, run.teacher.soft_features(probs), a.r_max, run.rng)
+    features, r = fake_features(run, z)
     with weights_frozen(run.teacher, run.aux, run.disc):
         states = backbone_states(run, features, labels)
         logits = run.disc(states, labels, r)                             # [B, L, N+1]
@@ -193,18 +199,16 @@ def fake_batch(run):
     x_init = token_init(run.gen, a.batch_size, draw_r_init(a.r_init, rng), rng).to(run.rt.device)
     with run.rt.autocast():
         z = generator_logits(run.gen, labels, x_init, a.sigma_init, rng)
-    probs = relax(z / a.soft_temperature, a.relax, rng)
-    features, r = mask_entries(run.teacher, run.teacher.soft_features(probs), a.r_max, rng)
+    features, r = fake_features(run, z)
     return backbone_states(run, features, labels), labels, r
 
 
 def fid_monitor(task, a, temperature, n=500):
     """In-training FID (and class consistency, recall) of the EMA generator on n samples of seed 1 at a fixed
     temperature, logged every --eval-every steps: the ablations' 'along training' curves."""
-    eval_data = a.eval_data or ("toy" if "bundled" in PRESETS[task.preset] else None)
-    if eval_data is None:
+    evaluator = task.evaluator(a)                                        # the final evaluation's, built once
+    if evaluator is None:
         return None
-    evaluator = Evaluator(eval_data, n_ref=5000, **({"features": a.features} if a.features else {}))
     labels = torch.arange(n) % task.teacher.nclass
 
     def monitor(run):
@@ -247,10 +251,8 @@ def discriminator_update(run, step, lr_scale):
 def warm_up_discriminator(run):
     """--d-warmup discriminator-only steps before the first generator update, so that the generator's first GAN
     gradients come from a discriminator that already tells real from fake."""
-    stats = {}
     for i in tqdm(range(run.args.d_warmup), desc="discriminator warm-up", mininterval=2, disable=not ddp.is_main()):
-        stats = d_step(run, fake_batch(run), run.args.lr_d, -run.args.d_warmup + i)
-    return stats
+        d_step(run, fake_batch(run), run.args.lr_d, -run.args.d_warmup + i)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -391,14 +393,14 @@ def setup(a, init, resume, flags=None):
     run.extra_terms, run.after_step = ([gan_term], [discriminator_update]) if a.w_gan > 0 else ([], [])
     run.extra_state = dict(disc=run.disc, opt_disc=run.opt_d)
     run.rng, run.step = torch.Generator().manual_seed(a.seed * 1000 + ddp.rank()), 0
-    init_metrics = os.path.join(a.init, "metrics.json")
-    a.init_temperature = json.load(open(init_metrics)).get("gen_temperature", a.gen_temperature) \
-        if os.path.isfile(init_metrics) else a.gen_temperature           # the Di[M]O run's tuned temperature
+    path = os.path.join(a.init, "metrics.json")                         # the Di[M]O run's final evaluation
+    run.init_metrics = json.load(open(path)) if os.path.isfile(path) else {}
+    a.init_temperature = run.init_metrics.get("gen_temperature", a.gen_temperature)  # as that run tuned it
     task.monitor = fid_monitor(task, a, a.init_temperature, a.monitor_n) if a.monitor_n > 0 else None
     if resume is not None:
         distill.restore(run, resume)
     elif a.w_gan > 0:
-        run.d_warmup_stats = warm_up_discriminator(run)
+        warm_up_discriminator(run)
     return task, run
 
 
@@ -418,11 +420,8 @@ def main(argv=None):
     def evaluate():
         init_ema = copy.deepcopy(run.ema)                               # the Di[M]O generator we started from
         init_ema.load_state_dict(init["ema"], strict=True)
-        init_metrics_path = os.path.join(s.init, "metrics.json")
-        init_metrics = json.load(open(init_metrics_path)) if os.path.isfile(init_metrics_path) else {}
-        return dict(task.evaluate(run, extra={"dimo": (init_ema, s.init_temperature)}, reuse=init_metrics),
-                    init=s.init,
-                    init_step=s.init_step, w_gan=s.w_gan, w_dimo=s.w_dimo, relax=s.relax, r_max=s.r_max,
+        return dict(task.evaluate(run, extra={"dimo": (init_ema, s.init_temperature)}, reuse=run.init_metrics),
+                    init=s.init, init_step=s.init_step, w_gan=s.w_gan, w_dimo=s.w_dimo, relax=s.relax, r_max=s.r_max,
                     d_backbone=s.d_backbone, d_layers=list(run.disc.layers), lr=s.lr, lr_d=s.lr_d)
     distill.train_and_evaluate(run, evaluate)
 

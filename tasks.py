@@ -104,6 +104,15 @@ class ImageTask:
                     teacher_images(run.aux, self.tokenizer, labels, aux_sampler, 0)]
         save_image_grid(torch.cat(rows), path, nrow=8)
 
+    def evaluator(self, a):
+        """The held-out data's scorer, built once per run (held-out images, feature network, reference features);
+        None for released presets without --eval-data."""
+        if not hasattr(self, "_evaluator"):
+            data = a.eval_data or ("toy" if "bundled" in PRESETS[self.preset] else None)
+            features = {"features": a.features} if a.features else {}
+            self._evaluator = Evaluator(data, n_ref=5000, **features) if data is not None else None
+        return self._evaluator
+
     def evaluate(self, run, extra=None, reuse=None):
         """FID / class consistency against held-out images (toy data for the bundled teacher, --eval-data
         otherwise).  Released presets without --eval-data: samples as .npz for the ADM evaluator.
@@ -115,15 +124,14 @@ class ImageTask:
         labels = torch.arange(a.eval_n) % run.teacher.nclass
         common = dict(teacher_preset=self.preset, teacher_sampler=self.sampler, eval_n=a.eval_n, seed=a.seed,
                       steps=a.steps, r_init=a.r_init, sigma_init=a.sigma_init)
-        eval_data = a.eval_data or ("toy" if "bundled" in PRESETS[self.preset] else None)
-        if eval_data is None:
+        evaluator = self.evaluator(a)
+        if evaluator is None:
             images = self.one_step_images(run, labels, a.gen_temperature, a.seed)
             write_result(a.out, "generator_samples", dict(common, gen_temperature=a.gen_temperature), images, npz=True)
             for name, (model, temperature) in extra.items():
                 write_result(a.out, f"{name}_samples", dict(common, gen_temperature=temperature),
                              self.one_step_images(run, labels, temperature, a.seed, model), npz=True)
             return dict(common, gen_temperature=a.gen_temperature, npz=os.path.join(a.out, "generator_samples.npz"))
-        evaluator = Evaluator(eval_data, n_ref=5000, **({"features": a.features} if a.features else {}))
         tuning = {t: evaluator(self.one_step_images(run, labels, t, a.seed + 1), labels)["fid"]
                   for t in a.temperatures}                               # tuned on seed+1, reported on seed
         temperature = min(tuning, key=tuning.get) if tuning else a.gen_temperature

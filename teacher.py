@@ -179,9 +179,7 @@ class LFQBert(MaskedTokenModel):
 
     def forward_embeddings(self, e, labels, drop_label=None):
         b = e.shape[0]
-        x = self.embed_sequence(e, labels, drop_label)
-        for i in range(len(self.transformer.layers)):
-            x = self.block(i, x)
+        x = self.hidden_states(e, labels, (len(self.transformer.layers),), drop_label)[0]  # after the last block
         if self.use_prenorm:
             x = self.norm_after_transformer(x)
         y = self.prediction_layer(self.last_layer(x))
@@ -242,9 +240,7 @@ class MaskTransformer(MaskedTokenModel):
         return ffn(attn(x))
 
     def forward_embeddings(self, e, labels, drop_label=None):
-        x = self.embed_sequence(e, labels, drop_label)
-        for i in range(len(self.transformer.layers)):
-            x = self.block(i, x)
+        x = self.hidden_states(e, labels, (len(self.transformer.layers),), drop_label)[0]  # after the last block
         x = self.last_layer(x)
         logits = x @ self.tok_emb.weight.t() + self.bias               # tied head: [B, N+1, vocab_in]
         return logits[:, :self.seq_len, None, :self.vocab]             # -> [B, N, 1, K+1]
