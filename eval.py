@@ -85,6 +85,31 @@ def augment(x, gen):
     return (x + 0.04 * torch.rand(b, 1, 1, 1, generator=gen) * torch.randn(x.shape, generator=gen)).clamp(0, 1)
 
 
+def train_classifier(build, optimiser, lr_at, augment_fn, data, steps, batch_size, seed):
+    """Cross-entropy training of the classifier build(nclass) with optimiser(parameters) on the train split of data,
+    learning rate lr_at(step), images through augment_fn(x, gen); -> (net in eval mode, stats with the accuracy on
+    the test split).  Shared by the feature network and rewards.py's reward classifier."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    images, labels, nclass = load_images(data, "train")
+    test, test_labels, _ = load_images(data, "test")
+    net = build(nclass)
+    opt = optimiser(net.parameters())
+    t0 = time.time()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        idx = torch.randint(len(images), (batch_size,), generator=gen)
+        loss = F.cross_entropy(net(augment_fn(images[idx], gen)), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        acc = torch.cat([net(b).argmax(1) for b in test.split(500)]).eq(test_labels).float().mean().item()
+    return net, dict(test_accuracy=round(acc, 4), steps=steps, data=data, seconds=round(time.time() - t0, 1))
+
+
 def main_train_features(argv):
     parser = ArgumentParser(prog="eval.py train-features", description="train the evaluation feature network")
     parser.add_argument("--data", default="toy")
@@ -94,26 +119,10 @@ def main_train_features(argv):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     check_range("--steps", args.steps, low=1)
-    torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
-    images, labels, nclass = load_images(args.data, "train")
-    test, test_labels, _ = load_images(args.data, "test")
-    net = FeatureNet(nclass)
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    t0 = time.time()
-    for step in range(args.steps):
-        for group in opt.param_groups:
-            group["lr"] = 2e-3 * 0.5 * (1 + np.cos(np.pi * step / args.steps))
-        idx = torch.randint(len(images), (args.batch_size,), generator=gen)
-        loss = F.cross_entropy(net(augment(images[idx], gen)), labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    net.eval()
-    with torch.no_grad():
-        acc = torch.cat([net(b).argmax(1) for b in test.split(500)]).eq(test_labels).float().mean().item()
-    stats = dict(test_accuracy=round(acc, 4), steps=args.steps, data=args.data, seconds=round(time.time() - t0, 1))
-    save_checkpoint(dict(format=FORMAT, kind="features", config=dict(nclass=nclass, width=net.width),
+    net, stats = train_classifier(FeatureNet, lambda params: torch.optim.Adam(params, lr=2e-3),
+                                  lambda step: 2e-3 * 0.5 * (1 + np.cos(np.pi * step / args.steps)), augment,
+                                  args.data, args.steps, args.batch_size, args.seed)
+    save_checkpoint(dict(format=FORMAT, kind="features", config=dict(nclass=net.nclass, width=net.width),
                          model=net.state_dict(), stats=stats), args.out)
     print(f"wrote {args.out}: {stats}")
 

@@ -121,6 +121,21 @@ def parse_r_init(text):
     return values[0] if len(values) == 1 else tuple(values)
 
 
+def load_run(folder, device="cpu"):
+    """A distill.py or soft_refine.py run folder -> (EMA generator in eval mode, tokenizer, the run's settings,
+    its checkpoint, the temperature its evaluation tuned (None if it has none), preset name)."""
+    ckpt = load_checkpoint(os.path.join(folder, "checkpoint.pt"), "run checkpoint")
+    run = ckpt["args"]
+    if run["teacher"] == "toy-vocab":
+        raise UserError("a toy-vocab run has no images; its samples are in samples.npy (distill.py --save-samples)")
+    metrics_path = os.path.join(folder, "metrics.json")
+    tuned = json.load(open(metrics_path)).get("gen_temperature") if os.path.isfile(metrics_path) else None
+    teacher, tokenizer, preset = load_pair(run["teacher"], run["teacher_ckpt"], run["tokenizer_ckpt"], verbose=False)
+    gen = make_generator(teacher)
+    gen.load_state_dict(ckpt["ema"], strict=True)
+    return gen.eval().to(device), tokenizer.to(device), run, ckpt, tuned, preset
+
+
 def main_sample(argv=None):
     """One-step samples of a distilled generator (the EMA weights of a distill.py run) as a PNG grid + JSON."""
     parser = ArgumentParser(prog="generator.py sample", description="sample a distilled one-step generator")
@@ -133,19 +148,10 @@ def main_sample(argv=None):
     parser.add_argument("--out", default="grid.png")
     args = parser.parse_args(argv)
     check_range("--n", args.n, low=1)
-    ckpt = load_checkpoint(os.path.join(args.run, "checkpoint.pt"), "run checkpoint")
-    run = ckpt["args"]
-    if run["teacher"] == "toy-vocab":
-        raise UserError("a toy-vocab run has no images; its samples are in samples.npy (distill.py --save-samples)")
-    metrics_path = os.path.join(args.run, "metrics.json")
-    tuned = json.load(open(metrics_path)).get("gen_temperature") if os.path.isfile(metrics_path) else None
+    rt = runtime(args.device)
+    gen, tokenizer, run, ckpt, tuned, preset = load_run(args.run, rt.device)
     temperature = args.temperature or tuned or run["gen_temperature"]
     check_range("--temperature", temperature, low=0, low_open=True)
-    rt = runtime(args.device)
-    teacher, tokenizer, preset = load_pair(run["teacher"], run["teacher_ckpt"], run["tokenizer_ckpt"], verbose=False)
-    gen = make_generator(teacher)
-    gen.load_state_dict(ckpt["ema"], strict=True)
-    gen, tokenizer = gen.eval().to(rt.device), tokenizer.to(rt.device)
     labels = parse_labels(args.labels, args.n, gen.nclass).to(rt.device)
     g = torch.Generator(rt.device).manual_seed(args.seed)
     tokens = generate(gen, labels, draw_r_init(run["r_init"], g), run["sigma_init"], temperature, g)

@@ -18,10 +18,13 @@ peaked p it is close to the sampled token's embedding (the bias is O(covariance 
 ``--relax gumbel-st`` (the paper's ablation baseline): the forward pass uses the one-hot of a Gumbel-max draw (a hard
 sample of p), the backward pass the gradient of softmax(z + Gumbel noise).
 
-The stage (class-to-image): L_gen = w_DiMO L_DiMO + w_GAN L_GAN (Sec. 2.3).  L_DiMO is distill.py's loss on hard
+The stage: L_gen = w_DiMO L_DiMO + w_GAN L_GAN + w_reward L_reward (Sec. 2.3; the paper uses the GAN for
+class-to-image and the reward for text-to-image; here either or both).  L_DiMO is distill.py's loss on hard
 samples, with its auxiliary model still trained on-policy; this file only adds terms to distill.py's loop through
 its seams (``run.w_dimo``, ``run.extra_terms``, ``run.after_step``, ``run.extra_state``).
 L_GAN = E[softplus(-D(mask_r(Emb_phi(z)), r, c))] = E[-log sigmoid D], the non-saturating loss (Sec. 2.4).
+L_reward = -E[sum_i lambda_i R_i(Dec(Emb_Dec(z)), c)] (Sec. 2.5) for the rewards of ``--reward`` (rewards.py);
+Di[M]O is the paper's regulariser against reward hacking (``--w-dimo 0`` shows what happens without it).
 
 Discriminator (the paper gives its place, not its parts; what is ours is marked so in the README):
 * backbone: the frozen teacher (the poster) or the auxiliary model (DMD2 puts its head there), read after the blocks
@@ -33,16 +36,17 @@ Discriminator (the paper gives its place, not its parts; what is ours is marked 
   r ~ U[0, r_max] of their entries replaced by the mask embedding (MaskBit: a split's zero bits), r fed to the heads;
 * loss (ours, DMD2's): softplus(D(fake)) + softplus(-D(real)), averaged over positions and layers, Adam, one update
   per generator update after ``--d-warmup`` discriminator-only steps.
-* ``--soft-temperature T`` (ours): the GAN judges softmax(z / T).  T = 1 is the paper's plain softmax, right for the
-  peaked students it describes; the toy student samples best at T = 0.2, and judging that is what works (README).
+* ``--soft-temperature T`` (ours): the GAN (and the reward) judges softmax(z / T).  T = 1 is the paper's plain
+  softmax, right for the peaked students it describes; the toy student samples best at T = 0.2, and judging that
+  is what works (README).
 
 Run:  python soft_refine.py                      (after python distill.py --teacher maskbit; minutes on a CPU)
       python soft_refine.py --w-dimo 0           (GAN only)      python soft_refine.py --relax gumbel-st
+      python soft_refine.py --reward classifier --out runs/reward    (reward fine-tuning, no GAN unless --w-gan)
 Shapes: B batch, N tokens, S splits, V classes per split, F input-feature width, D width, H head width.
 """
 import contextlib
 import copy
-import hashlib
 import json
 import math
 import os
@@ -55,12 +59,12 @@ from tqdm import tqdm
 
 import ddp
 import distill
-from checkpoints import load_checkpoint, save_checkpoint
+from checkpoints import load_checkpoint
 from config import PRESETS, ArgumentParser, UserError, check_range, cli, runtime
-from data import load_images
 from generator import draw_r_init, generator_logits, token_init
+from rewards import parse_rewards, score
 from tasks import build_task
-from train import tokenize
+from train import real_tokens
 
 RELAXATIONS = ("soft", "gumbel-st")
 BACKBONES = ("teacher", "aux")
@@ -203,17 +207,32 @@ def fake_batch(run):
     return backbone_states(run, features, labels), labels, r
 
 
+def reward_term(run, z, labels):
+    """L_reward on the soft-decoded images of the generator's logits z: reward -> image -> decoder -> Emb_Dec ->
+    relax -> z -> theta."""
+    a = run.args
+    with run.rt.autocast():
+        images = soft_images(run.task.tokenizer, relax(z / a.soft_temperature, a.relax, run.rng))  # [B, 3, H, W]
+    total, _ = score(run.rewards, images, labels)
+    return -a.w_reward * total.mean(), dict(loss_reward=-total.mean().item())  # Soft-Di[M]O Sec. 2.5
+
+
 def fid_monitor(task, a, temperature, n=500):
-    """In-training FID (and class consistency, recall) of the EMA generator on n samples of seed 1 at a fixed
-    temperature, logged every --eval-every steps: the ablations' 'along training' curves."""
+    """In-training FID (and class consistency, recall; the reward when there is one) of the EMA generator on n
+    samples of seed 1 at a fixed temperature, logged every --eval-every steps: the 'along training' curves."""
     evaluator = task.evaluator(a)                                        # the final evaluation's, built once
     if evaluator is None:
         return None
     labels = torch.arange(n) % task.teacher.nclass
 
     def monitor(run):
-        m = evaluator(task.one_step_images(run, labels, temperature, 1), labels)
-        return {f"fid_{n}": m["fid"], f"class_acc_{n}": m["class_acc"], f"recall_{n}": m["recall"]}
+        images = task.one_step_images(run, labels, temperature, 1)
+        m = evaluator(images, labels)
+        out = {f"fid_{n}": m["fid"], f"class_acc_{n}": m["class_acc"], f"recall_{n}": m["recall"]}
+        if run.rewards:
+            with torch.no_grad():
+                out[f"reward_{n}"] = round(score(run.rewards, images, labels)[0].mean().item(), 4)
+        return out
     return monitor
 
 
@@ -256,33 +275,8 @@ def warm_up_discriminator(run):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Real data, the run, the command line.
+# The run, the command line.
 # ----------------------------------------------------------------------------------------------------------------
-def real_tokens(task, data, cache_dir, device):
-    """Real images -> tokens [n, N, S] and labels [n], tokenized once and cached under a key of the tokenizer's
-    weights and the data (a changed tokenizer or folder is tokenized anew)."""
-    digest = hashlib.sha256(data.encode())
-    for name, tensor in sorted(task.tokenizer.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    path = os.path.join(cache_dir, f"real_tokens-{digest.hexdigest()[:16]}.pt")
-    if os.path.isfile(path):
-        cached = load_checkpoint(path, "token cache")
-        return cached["tokens"], cached["labels"]
-    images, labels, nclass = load_images(data, "train")
-    if nclass != task.teacher.nclass:
-        raise UserError(f"--data {data} has {nclass} classes but the teacher has {task.teacher.nclass}")
-    size = task.tokenizer.downsample * math.isqrt(task.teacher.seq_len)
-    if tuple(images.shape[-2:]) != (size, size):
-        raise UserError(f"--data {data}: images are {images.shape[-1]}x{images.shape[-2]} but the teacher's "
-                        f"tokenizer expects {size}x{size}; resize them")
-    with torch.no_grad():
-        tokens = tokenize(task.tokenizer.eval(), task.teacher, images, device)
-    if ddp.is_main():
-        save_checkpoint(dict(tokens=tokens, labels=labels, data=data), path)
-    return tokens, labels
-
-
 def build_parser():
     p = ArgumentParser(prog="soft_refine.py", description="Soft-Di[M]O: GAN refinement of a Di[M]O generator")
     p.add_argument("--init", default="runs/distill", help="the distill.py run to start from")
@@ -297,11 +291,14 @@ def build_parser():
     p.add_argument("--lr-d", type=float, help="discriminator-head learning rate (default per preset)")
     p.add_argument("--weight-decay", type=float, help="> 0: AdamW for the generator (paper's long MaskBit run: 0.01)")
     p.add_argument("--w-gan", type=float, help="weight of L_GAN (default per preset)")
-    p.add_argument("--w-dimo", type=float, default=1.0, help="weight of L_DiMO (0: GAN only)")
+    p.add_argument("--w-dimo", type=float, default=1.0, help="weight of L_DiMO (0: GAN and/or reward only)")
+    p.add_argument("--reward", help="reward fine-tuning: NAME[:WEIGHT],... with NAME 'classifier', a reward "
+                   "classifier FILE.pt or module:function (rewards.py); no GAN then unless --w-gan is given")
+    p.add_argument("--w-reward", type=float, default=1.0, help="weight of L_reward")
     p.add_argument("--r-max", type=float, default=0.95, help="GAN masking: r ~ U[0, r_max] of the entries masked")
     p.add_argument("--relax", default="soft", help="soft (expected embedding) | gumbel-st (straight-through)")
-    p.add_argument("--soft-temperature", type=float, help="the GAN sees softmax(z / T): 1 is the paper's plain "
-                   "softmax (default per preset)")
+    p.add_argument("--soft-temperature", type=float, help="the GAN and the reward see softmax(z / T): 1 is the "
+                   "paper's plain softmax (default per preset)")
     p.add_argument("--d-layers", help="backbone blocks the heads read, 1-based, e.g. 2,3,4 (default: the last "
                    "three, or all if fewer)")
     p.add_argument("--d-backbone", default="teacher", help="teacher (frozen, the poster) | aux (DMD2's choice)")
@@ -355,8 +352,9 @@ def check_soft(a, depth):
         raise UserError(f"--d-layers '{a.d_layers}' must be block numbers like 2,3,4") from None
     if not layers or layers[0] < 1 or layers[-1] > depth:
         raise UserError(f"--d-layers '{a.d_layers}': the backbone has blocks 1 ... {depth}")
-    if a.w_gan == 0 and a.w_dimo == 0:
-        raise UserError("--w-gan 0 and --w-dimo 0 leave nothing to train; give one of them a weight")
+    check_range("--w-reward", a.w_reward, low=0)
+    if a.w_gan == 0 and a.w_dimo == 0 and not (a.reward and a.w_reward > 0):
+        raise UserError("--w-gan 0 and --w-dimo 0 (and no --reward) leave nothing to train; give one a weight")
     return layers
 
 
@@ -365,17 +363,21 @@ def setup(a, init, resume, flags=None):
     rt = runtime(ddp.local_device(a.device), a.amp, a.compile)
     task = build_task(a, rt)                                             # resolves the preset (maskbit -> toy)
     if resume is None:
+        a.reward = flags.get("reward")
         for key, value in PRESETS[task.preset]["soft"].items():         # this stage's defaults, below the flags
             if key not in flags and value is not None:
                 setattr(a, key, value)
+        if a.reward and "w_gan" not in flags:                            # reward fine-tuning: the GAN if asked
+            a.w_gan = 0.0
         depth = len(task.teacher.transformer.layers)
         a.d_layers = flags.get("d_layers") or ",".join(str(round(depth * k / 3)) for k in (1, 2, 3))  # thirds
         a.data = flags.get("data") or ("toy" if "bundled" in PRESETS[task.preset] else None)
-        if a.data is None:
+        if a.data is None and a.w_gan > 0:                               # only the GAN reads real images
             raise UserError(f"preset '{task.preset}' has no bundled data: pass --data FOLDER (root/<class>/*.png, "
                             f"the images the teacher was trained on)")
     distill.check_args(a)
     layers = check_soft(a, len(task.teacher.transformer.layers))
+    rewards = parse_rewards(a.reward) if a.reward else []
     os.makedirs(a.out, exist_ok=True)
     run = task.setup(a, rt)
     for key, module in (("generator", run.gen), ("ema", run.ema), ("aux", run.aux)):
@@ -388,9 +390,13 @@ def setup(a, init, resume, flags=None):
         run.disc = Discriminator(run.teacher.pos_emb.shape[-1], run.teacher.nclass, layers, a.d_hidden).to(rt.device)
     run.disc_call = ddp.wrap(run.disc, lambda m, states, labels, r: m(states, labels, r))
     run.opt_d = torch.optim.Adam(run.disc.parameters(), lr=a.lr_d, betas=(0.5, 0.999))
-    run.real_tokens, run.real_labels = real_tokens(task, a.data, a.cache, rt.device)
+    if a.w_gan > 0:
+        run.real_tokens, run.real_labels = real_tokens(task.tokenizer, task.teacher, a.data, a.cache, rt.device,
+                                                       save=ddp.is_main())
     run.w_dimo = a.w_dimo                                                # --w-gan 0: Di[M]O alone, continued
+    run.rewards = rewards
     run.extra_terms, run.after_step = ([gan_term], [discriminator_update]) if a.w_gan > 0 else ([], [])
+    run.extra_terms += [reward_term] if run.rewards and a.w_reward > 0 else []
     run.extra_state = dict(disc=run.disc, opt_disc=run.opt_d)
     run.rng, run.step = torch.Generator().manual_seed(a.seed * 1000 + ddp.rank()), 0
     path = os.path.join(a.init, "metrics.json")                         # the Di[M]O run's final evaluation
@@ -408,7 +414,8 @@ def main(argv=None):
     a = build_parser().parse_args(argv)
     if a.resume:                                                         # the saved run's settings win
         resume = load_checkpoint(os.path.join(a.resume, "checkpoint.pt"), "run checkpoint")
-        s, flags = SimpleNamespace(**dict(resume["args"], steps=a.steps or resume["args"]["steps"])), None
+        saved = {"reward": None, "w_reward": 1.0, **resume["args"]}     # runs saved before --reward existed
+        s, flags = SimpleNamespace(**dict(saved, steps=a.steps or saved["steps"])), None
         s.device, s.out = a.device, a.resume
         init = load_checkpoint(os.path.join(s.init, "checkpoint.pt"), "--init run checkpoint")
     else:
@@ -420,9 +427,16 @@ def main(argv=None):
     def evaluate():
         init_ema = copy.deepcopy(run.ema)                               # the Di[M]O generator we started from
         init_ema.load_state_dict(init["ema"], strict=True)
-        return dict(task.evaluate(run, extra={"dimo": (init_ema, s.init_temperature)}, reuse=run.init_metrics),
-                    init=s.init, init_step=s.init_step, w_gan=s.w_gan, w_dimo=s.w_dimo, relax=s.relax, r_max=s.r_max,
-                    d_backbone=s.d_backbone, d_layers=list(run.disc.layers), lr=s.lr, lr_d=s.lr_d)
+        m = task.evaluate(run, extra={"dimo": (init_ema, s.init_temperature)}, reuse=run.init_metrics)
+        labels = torch.arange(s.eval_n) % run.teacher.nclass
+        for name, model, t in (("generator", run.ema, m["gen_temperature"]), ("dimo", init_ema, s.init_temperature)):
+            if run.rewards and "fid_generator" in m:                    # the reward of the evaluated images
+                with torch.no_grad():
+                    images = task.one_step_images(run, labels, t, s.seed, model)
+                    m[f"reward_{name}"] = round(score(run.rewards, images, labels)[0].mean().item(), 4)
+        return dict(m, init=s.init, init_step=s.init_step, w_gan=s.w_gan, w_dimo=s.w_dimo, relax=s.relax,
+                    r_max=s.r_max, d_backbone=s.d_backbone, d_layers=list(run.disc.layers), lr=s.lr, lr_d=s.lr_d,
+                    reward=s.reward, w_reward=s.w_reward)
     distill.train_and_evaluate(run, evaluate)
 
 

@@ -14,17 +14,21 @@ arccos masking of the (position, split) entries, cross-entropy with label smooth
 class labels dropped with probability 0.1 (the null class, for CFG), AdamW (0.9, 0.96), weight decay 0.045,
 linear warm-up then cosine decay, gradient clipping 1.0, EMA of the weights (the EMA is what is saved).
 
+``real_tokens``: real images tokenized once and cached (soft_refine.py's discriminator reads them).
+
 Both write self-describing checkpoints atomically (``checkpoints.own_checkpoint``) and are deterministic for a seed.
 """
 import copy
+import hashlib
 import math
+import os
 import time
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from checkpoints import load_model, own_checkpoint, save_checkpoint
+from checkpoints import load_checkpoint, load_model, own_checkpoint, save_checkpoint
 from config import ArgumentParser, UserError, check_range, get_preset, runtime
 from data import load_images
 from teacher import build_teacher, random_mask
@@ -145,6 +149,31 @@ def tokenize(tokenizer, teacher, images, device, batch=250):
     """Images -> per-split tokens [n, N, S] of the teacher's layout."""
     return torch.cat([teacher.from_indices(tokenizer.images_to_indices(b.to(device))).cpu()
                       for b in images.split(batch)])
+
+
+def real_tokens(tokenizer, teacher, data, cache_dir, device, save=True):
+    """Real images -> tokens [n, N, S] and labels [n], tokenized once and cached under a key of the tokenizer's
+    weights and the data (a changed tokenizer or folder is tokenized anew)."""
+    digest = hashlib.sha256(data.encode())
+    for name, tensor in sorted(tokenizer.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    path = os.path.join(cache_dir, f"real_tokens-{digest.hexdigest()[:16]}.pt")
+    if os.path.isfile(path):
+        cached = load_checkpoint(path, "token cache")
+        return cached["tokens"], cached["labels"]
+    images, labels, nclass = load_images(data, "train")
+    if nclass != teacher.nclass:
+        raise UserError(f"--data {data} has {nclass} classes but the teacher has {teacher.nclass}")
+    size = tokenizer.downsample * math.isqrt(teacher.seq_len)
+    if tuple(images.shape[-2:]) != (size, size):
+        raise UserError(f"--data {data}: images are {images.shape[-1]}x{images.shape[-2]} but the teacher's "
+                        f"tokenizer expects {size}x{size}; resize them")
+    with torch.no_grad():
+        tokens = tokenize(tokenizer.eval(), teacher, images, device)
+    if save:                                                             # one writer under DDP
+        save_checkpoint(dict(tokens=tokens, labels=labels, data=data), path)
+    return tokens, labels
 
 
 def train_teacher(model, tokens, labels, steps, batch_size, lr, warmup, label_dropout=0.1, label_smoothing=0.1,

@@ -129,10 +129,30 @@ CASES = [  # (id, argv with {d} for the fixture folder, a fragment the message m
     ("soft layer text", SOFT + ["--d-layers", "last"], "--d-layers 'last'"),
     ("soft data missing", SOFT + ["--data", "{d}/no_folder"], "does not exist or is not a folder"),
     ("soft data wrong size", SOFT + ["--data", "{d}/small", "--cache", "{d}/cache"], "expects 32x32"),
+    ("soft reward unknown", SOFT + ["--reward", "hps"], "--reward 'hps' is not a reward"),
+    ("soft reward missing function", SOFT + ["--reward", "rewards:nope"], "module 'rewards' has no 'nope'"),
+    ("soft reward not callable", SOFT + ["--reward", "rewards:REWARD_CLASSIFIER"], "is a str, not a callable"),
+    ("soft reward not a classifier", SOFT + ["--reward", "{root}/assets/eval_features.pt"],
+     "not a reward-classifier checkpoint"),
+    ("soft w_reward negative", SOFT + ["--reward", "classifier", "--w-reward", "-1"], "--w-reward = -1.0"),
+    ("tteo unknown command", ["tteo.py", "smaple"], "unknown command 'smaple'"),
+    ("tteo no run", ["tteo.py", "sample", "--run", "{d}/no_run"], "does not exist"),
+    ("tteo best-of 0", ["tteo.py", "sample", "--run", "{d}/dimo", "--best-of", "0"], "--best-of = 0"),
+    ("tteo iters negative", ["tteo.py", "sample", "--run", "{d}/dimo", "--iters", "-1"], "--iters = -1"),
+    ("tteo lr negative", ["tteo.py", "sample", "--run", "{d}/dimo", "--lr", "-0.2"], "--lr = -0.2"),
+    ("tteo soft temperature 0", ["tteo.py", "sample", "--run", "{d}/dimo", "--soft-temperature", "0"],
+     "--soft-temperature = 0.0"),
+    ("tteo reward module missing", ["tteo.py", "sample", "--run", "{d}/dimo", "--reward", "nomod:fn"],
+     "cannot import module 'nomod'"),
+    ("tteo select weight", ["tteo.py", "sample", "--run", "{d}/dimo", "--select", "classifier:inf"], "finite"),
+    ("tteo table grid text", ["tteo.py", "table", "--run", "{d}/dimo", "--best-of", "1,a"], "take integers"),
+    ("train-reward steps 0", ["tteo.py", "train-reward", "--steps", "0", "--out", "{d}/r.pt"], "--steps = 0"),
+    ("train-reward data missing", ["tteo.py", "train-reward", "--data", "{d}/no_folder", "--out", "{d}/r.pt"],
+     "does not exist or is not a folder"),
 ]
 
 
-SUBPROCESS = {"r_init 1", "ckpt of another preset", "corrupted ckpt", "tokenizer mixed sizes"}
+SUBPROCESS = {"r_init 1", "ckpt of another preset", "corrupted ckpt", "tokenizer mixed sizes", "tteo unknown command"}
 
 
 def run_main(argv, capsys):
