@@ -150,7 +150,7 @@ def main_sample(argv=None):
     check_range("--n", args.n, low=1)
     rt = runtime(args.device)
     gen, tokenizer, run, ckpt, tuned, preset = load_run(args.run, rt.device)
-    temperature = args.temperature or tuned or run["gen_temperature"]
+    temperature = next(t for t in (args.temperature, tuned, run["gen_temperature"]) if t is not None)  # 0 is a value
     check_range("--temperature", temperature, low=0, low_open=True)
     labels = parse_labels(args.labels, args.n, gen.nclass).to(rt.device)
     g = torch.Generator(rt.device).manual_seed(args.seed)

@@ -117,6 +117,8 @@ CASES = [  # (id, argv with {d} for the fixture folder, a fragment the message m
      "does not exist"),
     ("speed batch 0", ["eval.py", "speed", "--teacher", "maskbit-toy", "--batch-size", "0"], "--batch-size = 0"),
     ("generator sample no run", ["generator.py", "sample", "--run", "{d}/no_run"], "does not exist"),
+    ("generator sample temperature 0", ["generator.py", "sample", "--run", "{d}/dimo", "--temperature", "0",
+                                        "--out", "{d}/g.png"], "--temperature = 0"),
     ("soft init missing", ["soft_refine.py", "--init", "{d}/no_run"], "make one with: python distill.py"),
     ("soft resume missing", ["soft_refine.py", "--resume", "{d}/no_run"], "does not exist"),
     ("soft relax", SOFT + ["--relax", "gumbel"], "--relax 'gumbel'"),
