@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from distill import dimo_surrogate, divergence_grad, entry_weights, main
+from distill import aux_loss, dimo_surrogate, divergence_grad, entry_weights, main
 from generator import draw_r_init, generate, generator_logits, make_generator, perturb, sigma_at, token_init
-from teacher import LFQBert, MaskTransformer
+from teacher import LFQBert, MaskTransformer, random_mask
 
 CASES = [("fkl", 0.0), ("rkl", 0.0), ("jeffreys", 0.3), ("jeffreys", -0.2), ("jeffreys", -0.4), ("jeffreys", 1.0)]
 
@@ -139,3 +139,22 @@ def test_amp_and_compile_paths_run_on_cpu(tmp_path):
     eager = [json.loads(line) for line in open(tmp_path / "eager" / "log.jsonl")]
     assert len(fast) == len(eager) == 3
     assert fast[0]["divergence"] == pytest.approx(eager[0]["divergence"], rel=0.05)
+
+
+def test_aux_loss_is_cross_entropy_on_the_masked_entries_only():
+    """The auxiliary model learns p_theta(x0 | x_t) on the entries x_t hides (as the teacher was trained): its loss
+    is the label-smoothed cross-entropy over the masked entries, not over all of them."""
+    x = torch.randint(0, 8, (6, 16, 2), generator=torch.Generator().manual_seed(0))
+    logits = torch.randn(6, 16, 2, 9, generator=torch.Generator().manual_seed(1))
+    seen = []
+
+    def aux_call(x_t, labels):                                           # a fixed "model" that records its input
+        seen.append(x_t)
+        return logits
+    loss = aux_loss(aux_call, 8, x, torch.zeros(6, dtype=torch.long), "arccos", 0.1, torch.Generator().manual_seed(2))
+    x_t, mask = random_mask(x, 8, "arccos", torch.Generator().manual_seed(2))
+    assert torch.equal(seen[0], x_t) and 0 < mask.sum() < mask.numel()
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, 9), x.reshape(-1), label_smoothing=0.1,
+                                           reduction="none").reshape(6, 16, 2)   # [B*N*S] -> [B, N, S]
+    torch.testing.assert_close(loss, ce[mask].mean(), rtol=1e-6, atol=0)
+    assert abs(loss.item() - ce.mean().item()) > 1e-3, "the all-entries loss would differ"
