@@ -4,9 +4,8 @@
   the previous file untouched; there is never a half-written checkpoint under the real name.
 * ``load_checkpoint(path)``: ``torch.load(weights_only=True)``.  A file whose pickle would build arbitrary objects
   (and could therefore run code) is refused before anything in it is executed.
-* ``load_pair(preset, teacher_ckpt, tokenizer_ckpt)``: a teacher with its tokenizer; presets with bundled weights
-  need no paths.
-* ``load_model(kind, preset, path)``: builds the model of a preset and loads a checkpoint into it with
+* ``load_model(kind, preset, path, build)``: builds the model of a preset (``build`` is passed in: this file knows
+  no model; ``teacher.load_pair`` builds a teacher with its tokenizer) and loads a checkpoint into it with
   ``strict=True``, after converting the released formats:
 
   ===============================  ==========================================================================
@@ -140,30 +139,6 @@ def load_model(kind, preset, path, build, verbose=False):
     if verbose:
         print(f"loaded {kind} '{path}' into preset '{preset}' ({note})")
     return model.eval(), raw if isinstance(raw, dict) else {}
-
-
-def load_pair(preset, teacher_ckpt=None, tokenizer_ckpt=None, verbose=True):
-    """-> (teacher, tokenizer, resolved preset name).  Presets with bundled weights need no paths; ``maskbit``
-    without paths means the bundled toy MaskBit pair, said in one line."""
-    from teacher import build_teacher
-    from tokenizer import build_tokenizer
-    p = get_preset(preset)
-    if teacher_ckpt is None and tokenizer_ckpt is None:
-        if preset == "maskbit" and "bundled" in PRESETS.get("maskbit-toy", {}):
-            if verbose:
-                print("note: --teacher maskbit without checkpoints uses the bundled toy MaskBit pair "
-                      "(preset maskbit-toy); for the released 12-bit pair pass --teacher-ckpt "
-                      "maskbit_generator_12bit.bin --tokenizer-ckpt maskbit_tokenizer_12bit.bin")
-            preset, p = "maskbit-toy", PRESETS["maskbit-toy"]
-        if "bundled" not in p:
-            raise UserError(f"preset '{preset}' has no bundled weights: pass --teacher-ckpt (released: "
-                            f"{p['released']['generator']}) and --tokenizer-ckpt ({p['released']['tokenizer']})")
-        teacher_ckpt, tokenizer_ckpt = p["bundled"]["teacher"], p["bundled"]["tokenizer"]
-    elif teacher_ckpt is None or tokenizer_ckpt is None:
-        raise UserError("pass both --teacher-ckpt and --tokenizer-ckpt (a teacher samples tokens of its own tokenizer)")
-    teacher, _ = load_model("teacher", preset, teacher_ckpt, build_teacher, verbose)
-    tokenizer, _ = load_model("tokenizer", preset, tokenizer_ckpt, build_tokenizer, verbose)
-    return teacher.requires_grad_(False), tokenizer.requires_grad_(False), preset
 
 
 if __name__ == "__main__":

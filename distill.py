@@ -49,9 +49,9 @@ import ddp
 from checkpoints import load_checkpoint, save_checkpoint
 from config import ArgumentParser, UserError, check_range, cli, runtime
 from generator import draw_r_init, generate, parse_r_init, sample_tokens, sigma_at, token_init
+from optim import ema_update
 from tasks import build_task
 from teacher import guided_logits, random_mask
-from train import ema_update
 
 DIVERGENCES = ("fkl", "rkl", "jeffreys")
 

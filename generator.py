@@ -33,10 +33,10 @@ import os
 
 import torch
 
-from checkpoints import load_checkpoint, load_pair
+from checkpoints import load_checkpoint
 from config import ArgumentParser, UserError, check_range, runtime
 from data import save_image_grid
-from teacher import LFQBert, parse_labels, tokens_to_images
+from teacher import LFQBert, load_pair, parse_labels, tokens_to_images
 
 
 def token_init(model, batch, r_init, generator=None, device="cpu"):

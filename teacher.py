@@ -23,7 +23,7 @@ guidance (``cfg``, ``guidance_at``) and the multi-step sampler (``sample``).
 Shapes: B batch, N tokens (h*w), S splits, V classes per split, D width, F input-feature width.
 
 Run: ``python teacher.py sample --teacher maskbit --steps 64 --out grid.png`` (add ``--ckpt G.bin
---tokenizer-ckpt T.bin`` for a released pair); ``python teacher.py train --data toy --tokenizer T.pt --out G.pt``.
+--tokenizer-ckpt T.bin`` for a released pair); ``python train.py teacher --data toy --tokenizer T.pt --out G.pt``.
 """
 import json
 import math
@@ -32,10 +32,10 @@ import os
 import torch
 import torch.nn as nn
 
-from checkpoints import load_pair
-from config import ArgumentParser, UserError, check_range, get_preset, maskbit_scale_to_w, runtime
+from checkpoints import load_model
+from config import PRESETS, ArgumentParser, UserError, check_range, get_preset, maskbit_scale_to_w, runtime
 from data import save_image_grid
-from tokenizer import combine_tokens, expected_bits, index_to_bits, split_tokens
+from tokenizer import build_tokenizer, combine_tokens, expected_bits, index_to_bits, split_tokens
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -256,6 +256,28 @@ def build_teacher(family, config):
     return LFQBert(**config) if family == "maskbit" else MaskTransformer(**config)
 
 
+def load_pair(preset, teacher_ckpt=None, tokenizer_ckpt=None, verbose=True):
+    """-> (teacher, tokenizer, resolved preset name).  Presets with bundled weights need no paths; ``maskbit``
+    without paths means the bundled toy MaskBit pair, said in one line."""
+    p = get_preset(preset)
+    if teacher_ckpt is None and tokenizer_ckpt is None:
+        if preset == "maskbit" and "bundled" in PRESETS.get("maskbit-toy", {}):
+            if verbose:
+                print("note: --teacher maskbit without checkpoints uses the bundled toy MaskBit pair "
+                      "(preset maskbit-toy); for the released 12-bit pair pass --teacher-ckpt "
+                      "maskbit_generator_12bit.bin --tokenizer-ckpt maskbit_tokenizer_12bit.bin")
+            preset, p = "maskbit-toy", PRESETS["maskbit-toy"]
+        if "bundled" not in p:
+            raise UserError(f"preset '{preset}' has no bundled weights: pass --teacher-ckpt (released: "
+                            f"{p['released']['generator']}) and --tokenizer-ckpt ({p['released']['tokenizer']})")
+        teacher_ckpt, tokenizer_ckpt = p["bundled"]["teacher"], p["bundled"]["tokenizer"]
+    elif teacher_ckpt is None or tokenizer_ckpt is None:
+        raise UserError("pass both --teacher-ckpt and --tokenizer-ckpt (a teacher samples tokens of its own tokenizer)")
+    teacher, _ = load_model("teacher", preset, teacher_ckpt, build_teacher, verbose)
+    tokenizer, _ = load_model("tokenizer", preset, tokenizer_ckpt, build_tokenizer, verbose)
+    return teacher.requires_grad_(False), tokenizer.requires_grad_(False), preset
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Mask schedule and classifier-free guidance: the one implementation everything imports.
 # ----------------------------------------------------------------------------------------------------------------
@@ -451,12 +473,12 @@ def main_sample(argv=None):
 
 
 def main(argv):
-    """python teacher.py {sample,train} ..."""
-    from train import main_teacher                                      # train.py imports this module
-    commands = {"sample": main_sample, "train": main_teacher}
-    if not argv or argv[0] not in commands:
-        raise UserError(f"usage: python teacher.py {{{','.join(commands)}}} [--help]")
-    commands[argv[0]](argv[1:])
+    """python teacher.py sample ...  (training a teacher: python train.py teacher ...)"""
+    if argv[:1] == ["train"]:
+        raise UserError("teacher training is 'python train.py teacher ...' (the trainer sits above the models)")
+    if argv[:1] != ["sample"]:
+        raise UserError("usage: python teacher.py sample [--help]  (training: python train.py teacher)")
+    main_sample(argv[1:])
 
 
 if __name__ == "__main__":

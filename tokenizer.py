@@ -20,7 +20,7 @@ Conventions shared by the rest of the project ("the uniform interface", both cla
 Shapes: B batch, C latent channels (= bits for LFQ), h, w latent grid, N = h*w tokens, S splits, V vocabulary
 (per split), F latent width (C for LFQ, embed_dim for VQ).
 
-Run ``python tokenizer.py`` for a CPU demo; ``python tokenizer.py train --data toy --out T.pt`` trains a small LFQ
+Run ``python tokenizer.py`` for a CPU demo; ``python train.py tokenizer --data toy --out T.pt`` trains a small LFQ
 tokenizer on the toy data.
 """
 import math
@@ -28,6 +28,8 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from config import UserError
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -392,10 +394,9 @@ def build_tokenizer(family, config):
 
 
 def main(argv):
-    """python tokenizer.py train ... trains; without arguments, a small CPU demo."""
-    if argv[:1] == ["train"]:
-        from train import main_tokenizer
-        return main_tokenizer(argv[1:])
+    """Without arguments, a small CPU demo (training a tokenizer: python train.py tokenizer ...)."""
+    if argv:
+        raise UserError("tokenizer.py takes no arguments (its demo); training is 'python train.py tokenizer ...'")
     torch.manual_seed(0)
     tok = LFQTokenizer(dict(token_size=10, num_channels=3, hidden_channels=32, channel_mult=[1, 2],
                             num_resolutions=2, num_res_blocks=1, commitment_cost=0.25, entropy_loss_weight=0.02,

@@ -3,13 +3,13 @@
 This is how the bundled ``maskbit-toy`` pair was made; the same code trains on your own images
 (``root/<class>/*.png``).  It follows MaskBit's recipes at a size a laptop CPU can train in minutes:
 
-Stage I, ``python tokenizer.py train --data toy --out T.pt``: the VQGAN+ encoder/decoder with lookup-free
+Stage I, ``python train.py tokenizer --data toy --out T.pt``: the VQGAN+ encoder/decoder with lookup-free
 quantisation, loss = L1 + L2 reconstruction + MaskBit's commitment term + MaskBit's entropy term
 (per-sample entropy minus batch entropy of softmax(2 z.c / T) over the 2^C codes).  No perceptual or GAN loss at
 this size.  CPU shortcut: the entropy terms are estimated on ``--entropy-positions`` random latent positions of the
 batch instead of all of them (an unbiased estimate of the per-sample term).
 
-Stage II, ``python teacher.py train --data toy --tokenizer T.pt --out G.pt``: LFQBert trained as a masked model:
+Stage II, ``python train.py teacher --data toy --tokenizer T.pt --out G.pt``: LFQBert trained as a masked model:
 arccos masking of the (position, split) entries, cross-entropy with label smoothing 0.1 on the masked entries,
 class labels dropped with probability 0.1 (the null class, for CFG), AdamW (0.9, 0.96), weight decay 0.045,
 linear warm-up then cosine decay, gradient clipping 1.0, EMA of the weights (the EMA is what is saved).
@@ -31,23 +31,9 @@ from tqdm import tqdm
 from checkpoints import load_checkpoint, load_model, own_checkpoint, save_checkpoint
 from config import ArgumentParser, UserError, check_range, get_preset, runtime
 from data import load_images
+from optim import ema_update, lr_at, optimise
 from teacher import build_teacher, random_mask
 from tokenizer import LFQTokenizer, build_tokenizer
-
-
-def lr_at(step, total, base, warmup):
-    """Linear warm-up, then cosine decay to 10% of the base rate."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
-
-
-@torch.no_grad()
-def ema_update(ema, model, decay, step):
-    """ema <- d ema + (1 - d) model with the warm-up d = min(decay, (1 + step) / (10 + step)) (as Di[M]O)."""
-    d = min(decay, (1 + step) / (10 + step))
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.mul_(d).add_(p.detach().to(e.device), alpha=1 - d)
 
 
 def psnr(a, b):
@@ -72,16 +58,6 @@ def check_common(args):
     for name in ("steps", "batch_size"):
         check_range("--" + name.replace("_", "-"), getattr(args, name), low=1)
     check_range("--lr", args.lr, low=0, low_open=True)
-
-
-def optimise(opt, model, loss, what, step):
-    """One clipped optimiser step; a NaN or Inf loss stops training with a message naming the step."""
-    if not torch.isfinite(loss):
-        raise UserError(f"step {step}: {what} loss is not finite ({loss.item()}); stopped (lower --lr)")
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -110,7 +86,7 @@ def train_tokenizer(model, images, steps, batch_size, lr, warmup, entropy_positi
 
 
 def main_tokenizer(argv=None):
-    parser = ArgumentParser(prog="tokenizer.py train", description="train a small MaskBit (LFQ) tokenizer")
+    parser = ArgumentParser(prog="train.py tokenizer", description="train a small MaskBit (LFQ) tokenizer")
     common_args(parser)
     parser.add_argument("--entropy-positions", type=int, default=512,
                         help="latent positions per batch used for the LFQ entropy terms")
@@ -205,9 +181,9 @@ def train_teacher(model, tokens, labels, steps, batch_size, lr, warmup, label_dr
 
 
 def main_teacher(argv=None):
-    parser = ArgumentParser(prog="teacher.py train", description="train a small MaskBit teacher (LFQBert)")
+    parser = ArgumentParser(prog="train.py teacher", description="train a small MaskBit teacher (LFQBert)")
     common_args(parser)
-    parser.add_argument("--tokenizer", required=True, help="tokenizer checkpoint from 'tokenizer.py train'")
+    parser.add_argument("--tokenizer", required=True, help="tokenizer checkpoint from 'train.py tokenizer'")
     parser.add_argument("--train-images", type=int, default=30000, help="toy images to generate and tokenize")
     parser.add_argument("--label-dropout", type=float, default=0.1)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
@@ -242,3 +218,18 @@ def main_teacher(argv=None):
                  batch_size=args.batch_size, data=args.data, seed=args.seed, tokenizer=args.tokenizer)
     save_checkpoint(own_checkpoint("teacher", args.preset, preset["generator"], ema.cpu(), stats=stats), args.out)
     print(f"wrote {args.out}: {stats}")
+
+
+def main(argv):
+    """python train.py tokenizer|teacher ..."""
+    commands = {"tokenizer": main_tokenizer, "teacher": main_teacher}
+    if not argv or argv[0] not in commands:
+        raise UserError(f"usage: python train.py {{{','.join(commands)}}} [--help]")
+    return commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    import sys
+
+    from config import cli
+    cli(lambda: main(sys.argv[1:]))

@@ -12,7 +12,8 @@ from config import PRESETS, UserError
 from data import toy_images
 from teacher import LFQBert, build_teacher
 from tokenizer import LFQTokenizer, build_tokenizer
-from train import optimise, train_teacher, train_tokenizer
+from optim import optimise
+from train import train_teacher, train_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_TOKENIZER = dict(token_size=8, num_channels=3, hidden_channels=32, channel_mult=[1, 2], num_resolutions=2,
