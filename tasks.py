@@ -30,16 +30,27 @@ from teacher import load_pair, random_mask, tokens_to_images
 from toy_vocab import OracleTeacher, ToyTransformer, check_joint, empirical, pretrain_mdm, random_joint, \
     reference_tvs, total_variation
 
-IMAGE_DEFAULTS = dict(steps=1400, batch_size=32, lr=2e-4, lr_aux=2e-3, normalisation="sum", label_smoothing=0.1,
-                      eval_n=2000)
+IMAGE_DEFAULTS = dict(eval_n=2000)
 TOY_VOCAB_DEFAULTS = dict(steps=1500, batch_size=256, lr=3e-4, lr_aux=1e-3, normalisation="mean", label_smoothing=0.0,
                           eval_n=20000, r_init="0.5", sigma_init=0.1, teacher_cfg=1.0, gen_temperature=1.0)
 
 
-def fill(a, defaults):
+def fill(a, defaults, source):
+    """Unset settings take the defaults; ``a.defaults_used`` records which, and from where (config.json shows it:
+    a setting not listed there was given, by a flag or by the run it continues)."""
+    used = dict(getattr(a, "defaults_used", None) or {})
     for key, value in defaults.items():
         if getattr(a, key, None) is None:
             setattr(a, key, value)
+            used[key] = source
+    a.defaults_used = used
+
+
+def distill_defaults(a, preset):
+    """An image teacher's distillation defaults: the preset's (config.PRESETS[preset]['distill']), then the rest."""
+    fill(a, {k: (str(v) if k == "r_init" else v) for k, v in PRESETS[preset]["distill"].items()},
+         f"preset {preset}")
+    fill(a, IMAGE_DEFAULTS, "image default")
 
 
 def common_setup(a, rt, teacher, student):
@@ -72,8 +83,7 @@ class ImageTask:
     def __init__(self, a, rt):
         self.teacher, self.tokenizer, self.preset = load_pair(a.teacher, a.teacher_ckpt, a.tokenizer_ckpt,
                                                               verbose=ddp.is_main())
-        fill(a, dict(IMAGE_DEFAULTS, **{k: (str(v) if k == "r_init" else v)
-                                        for k, v in PRESETS[self.preset]["distill"].items()}))
+        distill_defaults(a, self.preset)
         self.sampler = dict(PRESETS[self.preset]["sampler"])
         self.tokenizer = self.tokenizer.to(rt.device)
 
@@ -186,7 +196,7 @@ class ToyVocabTask:
     grid = None
 
     def __init__(self, a, rt):
-        fill(a, TOY_VOCAB_DEFAULTS)
+        fill(a, TOY_VOCAB_DEFAULTS, "toy-vocab default")
         if a.joint:
             joint = check_joint(load_joint(a.joint), a.joint)
         else:

@@ -71,3 +71,29 @@ def test_temperature_grid_is_per_preset():
     assert a.tune_temperature == PRESETS["maskbit-toy"]["distill"]["tune_temperature"]
     assert max(map(float, a.tune_temperature.split(","))) == 1.0
     assert 7.0 in map(float, RELEASED_TEMPS.split(",")) and PRESETS["maskgit"]["distill"]["tune_temperature"]
+
+
+def test_released_presets_get_the_papers_distillation_defaults():
+    """Without flags a released teacher distils with Di[M]O's recipe, not the toy pair's; config.json records where
+    every default came from, and a flag wins."""
+    from config import PRESETS
+    from tasks import distill_defaults
+    for preset in ("maskbit-12bit", "maskgit"):
+        a = distill.build_parser().parse_args(["--teacher", preset])
+        distill_defaults(a, preset)
+        assert (a.lr, a.lr_aux, a.batch_size, a.steps) == (1e-5, 1e-5, 64, 30000)
+        assert (a.normalisation, a.label_smoothing, float(a.r_init), a.sigma_init, a.teacher_cfg) == \
+            ("sum", 0.1, 0.6, 0.1, 2.0)
+        assert a.defaults_used["lr"] == f"preset {preset}" and a.defaults_used["eval_n"] == "image default"
+    a = distill.build_parser().parse_args(["--teacher", "maskbit-12bit", "--lr", "3e-5"])
+    distill_defaults(a, "maskbit-12bit")
+    assert a.lr == 3e-5 and "lr" not in a.defaults_used
+    toy = distill.build_parser().parse_args(["--teacher", "maskbit"])
+    distill_defaults(toy, "maskbit-toy")
+    assert (toy.lr, toy.lr_aux, toy.steps, toy.batch_size) == (2e-4, 2e-3, 1400, 32)
+    assert PRESETS["maskbit-toy"]["distill"] is not PRESETS["maskgit"]["distill"]
+
+
+def test_config_json_records_the_defaults_used(image_run):
+    config = json.load(open(image_run / "config.json"))
+    assert config["defaults_used"]["lr"] == "preset maskbit-toy" and "steps" not in config["defaults_used"]
