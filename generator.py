@@ -121,9 +121,10 @@ def parse_r_init(text):
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def load_run(folder, device="cpu"):
+def load_run(folder, device="cpu", temperature=None):
     """A distill.py or soft_refine.py run folder -> (EMA generator in eval mode, tokenizer, the run's settings,
-    its checkpoint, the temperature its evaluation tuned (None if it has none), preset name)."""
+    its checkpoint, the sampling temperature, preset name).  The temperature: the one given, else the one the
+    run's evaluation tuned, else the run's --gen-temperature (0 counts as given, and is then rejected)."""
     ckpt = load_checkpoint(os.path.join(folder, "checkpoint.pt"), "run checkpoint")
     run = ckpt["args"]
     if run["teacher"] == "toy-vocab":
@@ -133,7 +134,9 @@ def load_run(folder, device="cpu"):
     teacher, tokenizer, preset = load_pair(run["teacher"], run["teacher_ckpt"], run["tokenizer_ckpt"], verbose=False)
     gen = make_generator(teacher)
     gen.load_state_dict(ckpt["ema"], strict=True)
-    return gen.eval().to(device), tokenizer.to(device), run, ckpt, tuned, preset
+    temperature = next(t for t in (temperature, tuned, run["gen_temperature"]) if t is not None)
+    check_range("--temperature", temperature, low=0, low_open=True)
+    return gen.eval().to(device), tokenizer.to(device), run, ckpt, temperature, preset
 
 
 def main_sample(argv=None):
@@ -149,9 +152,7 @@ def main_sample(argv=None):
     args = parser.parse_args(argv)
     check_range("--n", args.n, low=1)
     rt = runtime(args.device)
-    gen, tokenizer, run, ckpt, tuned, preset = load_run(args.run, rt.device)
-    temperature = next(t for t in (args.temperature, tuned, run["gen_temperature"]) if t is not None)  # 0 is a value
-    check_range("--temperature", temperature, low=0, low_open=True)
+    gen, tokenizer, run, ckpt, temperature, preset = load_run(args.run, rt.device, args.temperature)
     labels = parse_labels(args.labels, args.n, gen.nclass).to(rt.device)
     g = torch.Generator(rt.device).manual_seed(args.seed)
     tokens = generate(gen, labels, draw_r_init(run["r_init"], g), run["sigma_init"], temperature, g)

@@ -427,13 +427,12 @@ def main(argv=None):
     def evaluate():
         init_ema = copy.deepcopy(run.ema)                               # the Di[M]O generator we started from
         init_ema.load_state_dict(init["ema"], strict=True)
-        m = task.evaluate(run, extra={"dimo": (init_ema, s.init_temperature)}, reuse=run.init_metrics)
-        labels = torch.arange(s.eval_n) % run.teacher.nclass
-        for name, model, t in (("generator", run.ema, m["gen_temperature"]), ("dimo", init_ema, s.init_temperature)):
-            if run.rewards and "fid_generator" in m:                    # the reward of the evaluated images
-                with torch.no_grad():
-                    images = task.one_step_images(run, labels, t, s.seed, model)
-                    m[f"reward_{name}"] = round(score(run.rewards, images, labels)[0].mean().item(), 4)
+
+        def reward(images, labels):                                      # of the evaluated images themselves
+            with torch.no_grad():
+                return {"reward": round(score(run.rewards, images, labels)[0].mean().item(), 4)}
+        m = task.evaluate(run, extra={"dimo": (init_ema, s.init_temperature)}, reuse=run.init_metrics,
+                          score=reward if run.rewards else None)
         return dict(m, init=s.init, init_step=s.init_step, w_gan=s.w_gan, w_dimo=s.w_dimo, relax=s.relax,
                     r_max=s.r_max, d_backbone=s.d_backbone, d_layers=list(run.disc.layers), lr=s.lr, lr_d=s.lr_d,
                     reward=s.reward, w_reward=s.w_reward)

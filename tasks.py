@@ -122,13 +122,15 @@ class ImageTask:
             self._evaluator = Evaluator(data, n_ref=5000, **features) if data is not None else None
         return self._evaluator
 
-    def evaluate(self, run, extra=None, reuse=None):
+    def evaluate(self, run, extra=None, reuse=None, score=None):
         """FID / class consistency against held-out images (toy data for the bundled teacher, --eval-data
         otherwise).  Released presets without --eval-data: samples as .npz for the ADM evaluator.
         extra: {name: (model, temperature)}, more one-step generators scored beside run.ema at a fixed temperature
         (soft_refine.py: the Di[M]O generator it started from).  reuse: an earlier metrics dict whose teacher rows
         are taken as they are when it was measured with the same teacher, sampler, data, feature network, n and
-        seed (sampling is deterministic, so they are exact; the caller vouches that the checkpoints are the same)."""
+        seed (sampling is deterministic, so they are exact; the caller vouches that the checkpoints are the same).
+        score: fn(images, labels) -> {metric: value}, more metrics of each one-step generator's evaluated images
+        (soft_refine.py: the reward), stored as '<metric>_generator' and '<metric>_<extra name>'."""
         a, extra = run.args, extra or {}
         labels = torch.arange(a.eval_n) % run.teacher.nclass
         common = dict(teacher_preset=self.preset, teacher_sampler=self.sampler, eval_n=a.eval_n, seed=a.seed,
@@ -169,12 +171,14 @@ class ImageTask:
                        class_acc_teacher_1step=t1_m["class_acc"], generator=gen_m, teacher=t_m, teacher_1step=t1_m,
                        gen_temperature=temperature, temperature_tuning_fid=tuning, teacher_rows_reused=reused,
                        **key)
+        metrics.update({f"{k}_generator": v for k, v in (score(images, labels) if score else {}).items()})
         rows = [teacher_multi]
         for name, (model, t) in extra.items():
             extra_images = self.one_step_images(run, labels, t, a.seed, model)
             m = evaluator(extra_images, labels)
             metrics.update({f"fid_{name}": m["fid"], f"class_acc_{name}": m["class_acc"], name: m,
                             f"{name}_temperature": t})
+            metrics.update({f"{k}_{name}": v for k, v in (score(extra_images, labels) if score else {}).items()})
             rows.append(extra_images[first])
         rows += [images[first], teacher_one]
         if not extra:                                                    # Di[M]O's row order: generator first

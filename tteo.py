@@ -95,8 +95,8 @@ def search(gen, tokenizer, labels, rewards, select, s, best_of, iters, lr, seed,
         e = init_embeddings(gen, x_init, s["sigma_init"], g)           # e_init [B, N, D]
         state = g.get_state()                                          # the final hard draw's stream
         for k in range(iters + 1):
-            if k < iters:
-                e_next, z, _ = tteo_step(gen, tokenizer, e, labels, rewards, lr, s["soft_temperature"], counts)
+            if k < iters:                                              # z: the logits before this step
+                e, z, _ = tteo_step(gen, tokenizer, e, labels, rewards, lr, s["soft_temperature"], counts)
             else:
                 with torch.no_grad():
                     z = gen.forward_embeddings(e, labels)
@@ -116,27 +116,18 @@ def search(gen, tokenizer, labels, rewards, select, s, best_of, iters, lr, seed,
                     best[k] = dict(images=torch.where(better[:, None, None, None], images, best[k]["images"]),
                                    score=torch.where(better, value, best[k]["score"]),
                                    choice=torch.where(better, c, best[k]["choice"]))
-            if k < iters:
-                e = e_next
         if c + 1 in keep:
             cells.update({(c + 1, k): best[k] for k in record})
     return dict(cells=cells, before=before), counts
 
 
-def first(*values):
-    """The first value that is set (0 is a value, so ``or`` will not do)."""
-    return next(v for v in values if v is not None)
-
-
-def sampling_settings(run, tuned, preset, args):
-    """The run's r_init, sigma_init, tuned temperature and soft temperature (flags override)."""
-    soft_default = PRESETS[preset]["soft"]["soft_temperature"]
-    s = dict(r_init=run["r_init"], sigma_init=run["sigma_init"],
-             temperature=first(args.temperature, tuned, run["gen_temperature"]),
-             soft_temperature=first(args.soft_temperature, run.get("soft_temperature"), soft_default))
-    check_range("--temperature", s["temperature"], low=0, low_open=True)
-    check_range("--soft-temperature", s["soft_temperature"], low=0, low_open=True)
-    return s
+def sampling_settings(run, temperature, preset, args):
+    """The run's r_init and sigma_init, the sampling temperature, and the soft temperature: --soft-temperature, else
+    the run's (a soft_refine.py run), else the preset's (0 counts as given, and is then rejected)."""
+    soft = next(t for t in (args.soft_temperature, run.get("soft_temperature"),
+                            PRESETS[preset]["soft"]["soft_temperature"]) if t is not None)
+    check_range("--soft-temperature", soft, low=0, low_open=True)
+    return dict(r_init=run["r_init"], sigma_init=run["sigma_init"], temperature=temperature, soft_temperature=soft)
 
 
 def common_args(p):
@@ -156,12 +147,12 @@ def prepare(args):
     check_range("--lr", args.lr, low=0)
     check_range("--chunk", args.chunk, low=1)
     rt = runtime(args.device)
-    gen, tokenizer, run, ckpt, tuned, preset = load_run(args.run, rt.device)
+    gen, tokenizer, run, ckpt, temperature, preset = load_run(args.run, rt.device, args.temperature)
     gen.requires_grad_(False)                                          # TTEO never touches a weight
     tokenizer.requires_grad_(False)
     rewards = parse_rewards(args.reward)
     select = parse_rewards(args.select) if args.select else rewards
-    return rt, gen, tokenizer, run, ckpt, preset, rewards, select, sampling_settings(run, tuned, preset, args)
+    return rt, gen, tokenizer, run, ckpt, preset, rewards, select, sampling_settings(run, temperature, preset, args)
 
 
 # ----------------------------------------------------------------------------------------------------------------
