@@ -3,7 +3,6 @@ gradient of a single process on the same global batch."""
 import json
 import os
 import shutil
-import socket
 import subprocess
 
 import pytest
@@ -37,9 +36,8 @@ def surrogate(model, tokens, labels, grad, mask, normalisation):
     return dimo_surrogate(model.logits(tokens, labels), grad, mask, normalisation)
 
 
-def worker(rank, port, normalisation, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+def worker(rank, store, normalisation, out):
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     model = tiny_generator()
     call = ddp.wrap(model, surrogate)
     tokens, labels, grad, mask = (t[rank * 4:(rank + 1) * 4] for t in global_batch())   # this rank's half
@@ -49,16 +47,10 @@ def worker(rank, port, normalisation, out):
     dist.destroy_process_group()
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("normalisation", ["sum", "mean"])
 def test_ddp_gradient_equals_single_process_global_batch(tmp_path, normalisation):
     out = str(tmp_path / "grads.pt")
-    mp.spawn(worker, args=(free_port(), normalisation, out), nprocs=2, join=True)
+    mp.spawn(worker, args=(str(tmp_path / "store"), normalisation, out), nprocs=2, join=True)
     distributed = torch.load(out, weights_only=True)
     model = tiny_generator()
     surrogate(model, *global_batch(), normalisation).backward()
