@@ -10,8 +10,8 @@ Everything another file needs to agree on lives here, and nothing else:
   never a traceback.
 
 Guidance convention (stated once, used everywhere): CFG logits are ``z = z_u + w * (z_c - z_u)`` with ``w = 1``
-meaning "no guidance" (Di[M]O's and MaskGIT's form).  MaskBit's configs write ``z_c + s * (z_c - z_u)``, i.e.
-``w = s + 1``; the MaskBit presets below store ``w`` already converted with ``maskbit_scale_to_w``.
+meaning "no guidance" (the form of Di[M]O's loss).  MaskBit's configs and Halton-MaskGIT's sampler write
+``z_c + s * (z_c - z_u)``, i.e. ``w = s + 1``; the presets below store ``w`` converted with ``maskbit_scale_to_w``.
 
 Run ``python config.py`` to list the presets.
 """
@@ -28,7 +28,8 @@ ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 
 
 def maskbit_scale_to_w(s):
-    """MaskBit's guidance scale s (``cond + s*(cond-uncond)``) in our convention ``uncond + w*(cond-uncond)``."""
+    """MaskBit's guidance scale s (``cond + s*(cond-uncond)``) in our convention ``uncond + w*(cond-uncond)``.
+    Halton-MaskGIT's ``cfg_w`` has the same form, so it converts the same way."""
     return s + 1.0
 
 
@@ -65,7 +66,7 @@ def _maskbit(bits, steps, s, rand_temp, scale_pow):
                        num_resolutions=5, num_res_blocks=2, sample_with_conv=True),
         sampler=dict(steps=steps, schedule="arccos", temperature=1.0, randomize_temperature=rand_temp,
                      remask="confidence", guidance=maskbit_scale_to_w(s), guidance_anneal="cosine",
-                     scale_pow=scale_pow),
+                     scale_pow=scale_pow, step_counts="maskbit", noise_anneal="maskbit"),
         distill=DISTILL_RELEASED,
         soft=SOFT_RELEASED,
         released=dict(generator=f"markweber/maskbit_generator_{bits}bit (pytorch_model.bin)",
@@ -88,10 +89,15 @@ PRESETS = {
         tokenizer=dict(ddconfig=dict(double_z=False, z_channels=256, resolution=256, in_channels=3, out_ch=3, ch=128,
                                      ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16], dropout=0.0),
                        n_embed=1024, embed_dim=256),
-        # Di[M]O's teacher baseline: 16 steps, CFG 2.5 in MaskGIT's cond+w(cond-uncond) form with linear
-        # annealing (w = 3.5 here), softmax(logits * 1.3) (temperature 1/1.3 here), random re-masking.
-        sampler=dict(steps=16, schedule="arccos", temperature=1 / 1.3, randomize_temperature=0.0, remask="random",
-                     guidance=3.5, guidance_anneal="linear", scale_pow=1.0),
+        # Di[M]O's teacher baseline is Halton-MaskGIT v1.0's sampler (vendored in Di[M]O: MaskGit_src/Trainer/vit.py,
+        # 'adap_sche' + 'sample'), so: its per-step counts and Gumbel annealing ('halton'), its linear CFG annealing
+        # w * i/(T-1).  Values: configs/DIMO_MaskGit.yaml 'sampling' (sched_mode arccos, cfg_w 3, r_temp 4.5,
+        # sm_temp 1), the same as Halton-MaskGIT v1.0's README table for 256 px (randomize "linear"); cfg_w 3 is in
+        # the cond + s (cond - uncond) form, so w = 4 here; sm_temp 1 = temperature 1.  Steps: 16, Di[M]O's Table 1
+        # teacher (FID 6.60; the yaml's sampling_step 12 is its training-time preview, v1.0's README used 8).
+        sampler=dict(steps=16, schedule="arccos", temperature=1.0, randomize_temperature=4.5, remask="confidence",
+                     guidance=maskbit_scale_to_w(3.0), guidance_anneal="linear", scale_pow=1.0, step_counts="halton",
+                     noise_anneal="halton"),
         distill=DISTILL_RELEASED,
         soft=SOFT_RELEASED,
         released=dict(generator="llvictorll/Maskgit-pytorch: pretrained_maskgit/MaskGIT/MaskGIT_ImageNet_256.pth",
@@ -109,7 +115,7 @@ PRESETS["maskbit-toy"] = dict(
                    num_channels=3, hidden_channels=32, channel_mult=[1, 1, 2], num_resolutions=3, num_res_blocks=1,
                    sample_with_conv=True),
     sampler=dict(steps=16, schedule="arccos", temperature=0.9, randomize_temperature=2.0, remask="confidence",
-                 guidance=3.0, guidance_anneal="cosine", scale_pow=3.0),
+                 guidance=3.0, guidance_anneal="cosine", scale_pow=3.0, step_counts="maskbit", noise_anneal="maskbit"),
     # measured here (README): lr 2e-4 / 2e-3 was the best of 7 settings; the temperature optimum is 0.2-0.3
     distill=dict(steps=1400, batch_size=32, lr=2e-4, lr_aux=2e-3, normalisation="sum", label_smoothing=0.1,
                  r_init=0.6, sigma_init=0.1, teacher_cfg=2.0, gen_temperature=1.0,

@@ -49,9 +49,9 @@ import ddp
 from checkpoints import load_checkpoint, save_checkpoint
 from config import ArgumentParser, UserError, check_range, cli, runtime
 from generator import draw_r_init, generate, parse_r_init, sample_tokens, sigma_at, token_init
+from masking import guided_logits, random_mask
 from optim import ema_update
 from tasks import build_task
-from teacher import guided_logits, random_mask
 
 DIVERGENCES = ("fkl", "rkl", "jeffreys")
 
@@ -102,7 +102,9 @@ def dimo_loss(run, z, labels):
         x = sample_tokens(z.detach(), 1.0, rng)                          # distillation runs at temperature 1
         x_t, mask = random_mask(x, run.teacher.mask_id, a.schedule, rng)
         with run.rt.autocast():
+            run.teacher.train(getattr(a, "teacher_dropout", False))    # runs saved before the flag: eval mode
             z_teacher = guided_logits(run.teacher, x_t, labels, a.teacher_cfg)
+            run.teacher.eval()                                           # its samples (grids, FID) never drop out
             z_aux = run.aux.logits(x_t, labels)
         g, value = divergence_grad(z_teacher, z_aux, a.divergence, a.beta)
     return dimo_surrogate(z, g, mask, a.normalisation), value[mask].mean().item(), x
@@ -284,6 +286,8 @@ def build_parser():
     p.add_argument("--sigma-init", type=float, help="embedding perturbation of the generator input")
     p.add_argument("--sigma-warmup", type=int, default=0, help="warm sigma up linearly over this many steps")
     p.add_argument("--teacher-cfg", type=float, help="teacher guidance w during distillation (1: none)")
+    p.add_argument("--teacher-dropout", action="store_true", help="the teacher's distillation passes in train mode "
+                   "(dropout on), as the official MaskGIT run did by accident; default: eval mode")
     p.add_argument("--schedule", default="arccos", help="mask schedule for x_t and the auxiliary model")
     p.add_argument("--gen-temperature", type=float, help="generator inference temperature; 'tune' below")
     p.add_argument("--tune-temperature", help="comma-separated temperatures tried on a separate seed before the "
@@ -328,9 +332,9 @@ def check_args(a):
                       for t in a.tune_temperature.split(",") if t.strip()] if a.tune_temperature else []
 
 
-def main(argv=None):
-    parser = build_parser()
-    a = parser.parse_args(argv)
+def setup_run(a):
+    """Parsed flags (or the run saved in a.resume) -> (run, task): defaults filled, settings checked, models loaded,
+    the saved state restored.  Writes nothing."""
     resume = load_checkpoint(os.path.join(a.resume, "checkpoint.pt"), "run checkpoint") if a.resume else None
     if resume is not None:                                               # the saved run's settings win
         steps, device = a.steps, a.device
@@ -342,7 +346,7 @@ def main(argv=None):
     a.lr_aux = a.lr_aux or a.lr
     a.r_init = parse_r_init(a.r_init) if isinstance(a.r_init, str) else a.r_init
     check_args(a)
-    os.makedirs(a.out, exist_ok=True)
+    torch.manual_seed(a.seed * 1000 + ddp.rank())                       # dropout's stream (checkpointed: torch_rng)
     run = task.setup(a, rt)
     rng = torch.Generator().manual_seed(a.seed * 1000 + ddp.rank())      # per-rank stream
     run.rng, run.step = rng, 0
@@ -350,6 +354,13 @@ def main(argv=None):
         restore(run, resume)
         if ddp.is_main():
             print(f"resumed {a.out} at step {run.step} of {a.steps}")
+    return run, task
+
+
+def main(argv=None):
+    a = build_parser().parse_args(argv)
+    run, task = setup_run(a)
+    os.makedirs(a.out, exist_ok=True)
     train_and_evaluate(run, lambda: task.evaluate(run))
 
 

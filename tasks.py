@@ -26,7 +26,8 @@ from config import PRESETS, UserError, get_preset
 from data import save_image_grid, to_uint8
 from eval import Evaluator, teacher_images, write_result
 from generator import draw_r_init, generate, generator_logits, make_generator
-from teacher import load_pair, random_mask, tokens_to_images
+from masking import random_mask
+from teacher import load_pair, tokens_to_images
 from toy_vocab import OracleTeacher, ToyTransformer, check_joint, empirical, pretrain_mdm, random_joint, \
     reference_tvs, total_variation
 

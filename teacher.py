@@ -17,8 +17,9 @@ generator, the distillation loop and the evaluation use:
 no label is dropped for *both* models.  (Trap in the official MaskBit code: there ``None`` replaces every label by
 the null class, and the null label is written into the caller's tensor.  Here nothing is ever written in place.)
 
-Also here, canonical for the whole project: the mask schedule (``mask_ratio``, ``random_mask``), classifier-free
-guidance (``cfg``, ``guidance_at``) and the multi-step sampler (``sample``).
+Also here, canonical for the whole project: the multi-step sampler (``sample``; MaskBit's and Halton-MaskGIT
+v1.0's, which differ in their step counts and noise annealing) and building a teacher/tokenizer pair from a preset
+and files (``load_pair``).  The mask schedule and CFG it uses live one floor down, in masking.py.
 
 Shapes: B batch, N tokens (h*w), S splits, V classes per split, D width, F input-feature width.
 
@@ -35,6 +36,7 @@ import torch.nn as nn
 from checkpoints import load_model
 from config import PRESETS, ArgumentParser, UserError, check_range, get_preset, maskbit_scale_to_w, runtime
 from data import save_image_grid
+from masking import SCHEDULES, STEP_COUNTS, guidance_at, guided_logits, halton_counts, maskbit_masked_after
 from tokenizer import build_tokenizer, combine_tokens, expected_bits, index_to_bits, split_tokens
 
 
@@ -42,16 +44,19 @@ from tokenizer import build_tokenizer, combine_tokens, expected_bits, index_to_b
 # Transformer blocks (key names follow the official modules).
 # ----------------------------------------------------------------------------------------------------------------
 class SelfAttention(nn.Module):
-    """``nn.MultiheadAttention`` (packed in_proj, bias, batch_first, no mask) with an optional LayerNorm beside it."""
+    """``nn.MultiheadAttention`` (packed in_proj, bias, batch_first, no mask) with an optional LayerNorm beside it.
+    MaskBit's BertAttention also drops out the attention output (``output_dropout``; no weights, so no key); MaskGIT's
+    Attention does not.  Only train mode sees the difference (a generator copied from a released teacher)."""
 
-    def __init__(self, dim, heads, dropout, norm_eps=None):
+    def __init__(self, dim, heads, dropout, norm_eps=None, output_dropout=0.0):
         super().__init__()
         self.mha = nn.MultiheadAttention(dim, heads, dropout=dropout, bias=True, batch_first=True)
+        self.dropout = nn.Dropout(output_dropout)
         if norm_eps is not None:
             self.norm = nn.LayerNorm(dim, eps=norm_eps)
 
     def forward(self, x):
-        return self.mha(x, x, x, need_weights=False)[0]
+        return self.dropout(self.mha(x, x, x, need_weights=False)[0])
 
 
 class FeedForward(nn.Module):
@@ -142,7 +147,7 @@ class LFQBert(MaskedTokenModel):
         self.first_layer = nn.Sequential(nn.LayerNorm(hidden_dim, eps=1e-12), nn.Dropout(dropout))
         self.transformer = nn.Module()
         self.transformer.layers = nn.ModuleList(nn.ModuleList([
-            SelfAttention(hidden_dim, heads, dropout, norm_eps=1e-12),
+            SelfAttention(hidden_dim, heads, dropout, norm_eps=1e-12, output_dropout=dropout),
             FeedForward(hidden_dim, mlp_dim, dropout, norm_eps=1e-12)]) for _ in range(depth))
         if use_prenorm:
             self.norm_after_transformer = nn.LayerNorm(hidden_dim, eps=1e-12)
@@ -279,94 +284,31 @@ def load_pair(preset, teacher_ckpt=None, tokenizer_ckpt=None, verbose=True):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Mask schedule and classifier-free guidance: the one implementation everything imports.
-# ----------------------------------------------------------------------------------------------------------------
-SCHEDULES = ("arccos", "cosine", "linear", "square", "root")
-
-
-def mask_ratio(r, schedule="arccos"):
-    """Fraction of entries masked at 'time' r in [0, 1] (r = 0: all masked, r = 1: none), MaskBit's definitions:
-    arccos acos(r)/(pi/2), cosine cos(r*pi/2), linear 1-r, square 1-r^2, root 1-sqrt(r).
-    Training and Di[M]O's re-masking draw r ~ U(0, 1); the sampler uses r = step progress."""
-    r = torch.as_tensor(r, dtype=torch.float32)
-    if schedule == "arccos":
-        return torch.arccos(r) / (math.pi / 2)
-    if schedule == "cosine":
-        return torch.cos(r * math.pi / 2)
-    if schedule == "linear":
-        return 1 - r
-    if schedule == "square":
-        return 1 - r ** 2
-    if schedule == "root":
-        return 1 - r.sqrt()
-    raise ValueError(f"unknown mask schedule '{schedule}'; choose one of {', '.join(SCHEDULES)}")
-
-
-def random_mask(tokens, mask_id, schedule="arccos", generator=None):
-    """Forward (absorbing) process with an exact count, as Di[M]O's get_mask_code: per sample r ~ U(0, 1) and
-    round(M * mask_ratio(r)) (at least 1) of the M = N*S entries, chosen uniformly, become mask_id.
-    MaskBit's splits are masked independently (an entry is one split of one position).
-    Returns (masked tokens [B, N, S], mask [B, N, S] bool)."""
-    b = tokens.shape[0]
-    m = tokens[0].numel()
-    r = torch.rand(b, generator=generator, device=tokens.device)
-    count = (m * mask_ratio(r, schedule)).round().clamp(min=1).long()
-    rank = torch.rand(b, m, generator=generator, device=tokens.device).argsort(-1).argsort(-1)  # random ranks
-    mask = (rank < count[:, None]).reshape(tokens.shape)              # [B, M] -> [B, N, S]
-    return torch.where(mask, torch.full_like(tokens, mask_id), tokens), mask
-
-
-def cfg(z_cond, z_uncond, w):
-    """Classifier-free guidance, our one convention: z = z_u + w (z_c - z_u); w = 1 is the conditional model.
-    MaskBit's ``cond + s (cond - uncond)`` is w = s + 1 (``config.maskbit_scale_to_w``)."""
-    return z_uncond + w * (z_cond - z_uncond)
-
-
-def guided_logits(model, tokens, labels, w):
-    """Logits [B, N, S, V] of tokens [B, N, S] under guidance w: one batched pass with cond and null labels."""
-    if w == 1:
-        return model.logits(tokens, labels)
-    b = tokens.shape[0]
-    drop = torch.arange(2 * b, device=tokens.device) >= b              # first half cond, second half null class
-    z_cond, z_uncond = model.logits(torch.cat([tokens, tokens]), torch.cat([labels, labels]), drop).chunk(2)
-    return cfg(z_cond, z_uncond, w)
-
-
-def guidance_at(w, step, steps, anneal="none", scale_pow=1.0):
-    """Guidance of one sampler step, annealed from 1 (none) towards w:
-    none: w; linear: 1 + (w-1) i/(steps-1) (MaskGIT / Di[M]O); cosine: 1 + (w-1)(1 - cos(pi (i/steps)^p))/2
-    (MaskBit's power-cosine with p = scale_pow)."""
-    if anneal == "none" or steps == 1:
-        a = 1.0
-    elif anneal == "linear":
-        a = step / (steps - 1)
-    elif anneal == "cosine":
-        a = (1 - math.cos(math.pi * (step / steps) ** scale_pow)) / 2
-    else:
-        raise ValueError(f"unknown guidance annealing '{anneal}'; choose none, linear or cosine")
-    return 1.0 + (w - 1.0) * a
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The multi-step MaskGIT / MaskBit sampler.
+# The multi-step MaskGIT / MaskBit sampler (its step counts, MaskBit's or Halton-MaskGIT v1.0's: masking.py).
 # ----------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def sample(model, labels, steps, schedule="arccos", temperature=1.0, randomize_temperature=0.0, remask="confidence",
-           guidance=1.0, guidance_anneal="none", scale_pow=1.0, generator=None, tokens=None):
+           guidance=1.0, guidance_anneal="none", scale_pow=1.0, step_counts="maskbit", noise_anneal="maskbit",
+           generator=None, tokens=None, trace=None):
     """Iterative decoding from all-mask (or from ``tokens`` [B, N, S] with mask ids) -> tokens [B, N, S].
 
-    Step i of ``steps`` (progress p = (i+1)/steps): predict every masked entry from softmax(logits / temperature)
-    under guidance ``guidance_at(...)``; keep the entries with the highest confidence and re-mask the others so
-    that floor(mask_ratio(p) * M) of the M = N*S entries stay masked (at least 1 while steps remain, fewer than
-    before).  Confidence is log p(sampled id) + Gumbel noise * randomize_temperature * (1 - p) (MaskBit), or a
-    uniform random number (remask='random', Di[M]O's MaskGIT baseline).  The last step fills every entry."""
+    Step i of T = ``steps``: predict every masked entry from softmax(logits / temperature) under guidance
+    ``guidance_at(...)``; decode the masked entries of highest confidence and leave the others masked, as many as
+    ``step_counts`` says (see above; at least 1 decoded while steps remain).  Confidence is log p(sampled id) plus
+    Gumbel noise * randomize_temperature * (1 - progress), progress per ``noise_anneal``, or a uniform random
+    number (remask='random').  The last step fills every entry.  An entry once decoded stays decoded, even when
+    the sampled id is the mask class (MaskGIT's 1025-way head), as in v1.0, which tracks its mask apart from the ids.
+    trace: a list that receives (pred [B, N, S], still masked [B, N, S]) after every step but the last."""
+    if step_counts not in STEP_COUNTS or noise_anneal not in STEP_COUNTS:
+        raise ValueError(f"step_counts and noise_anneal must be one of {STEP_COUNTS}")
     b = labels.shape[0]
     if tokens is None:
         tokens = torch.full((b, model.seq_len, model.splits), model.mask_id, dtype=torch.long, device=labels.device)
     tokens = tokens.clone()
+    masked = tokens == model.mask_id                                   # [B, N, S]
     m = tokens[0].numel()
+    counts = halton_counts(steps, m, schedule).to(tokens.device) if step_counts == "halton" else None
     for i in range(steps):
-        masked = tokens == model.mask_id                               # [B, N, S]
         n_masked = masked.flatten(1).sum(1)                            # [B]
         if n_masked.max() == 0:
             break
@@ -377,19 +319,24 @@ def sample(model, labels, steps, schedule="arccos", temperature=1.0, randomize_t
         pred = torch.where(masked, pred, tokens)
         if i == steps - 1:
             return pred
-        progress = (i + 1) / steps
         if remask == "random":
             conf = torch.rand(tokens.shape, generator=generator, device=tokens.device)
         else:
+            progress = (i + 1) / steps if noise_anneal == "maskbit" else i / (steps - 1)
             conf = torch.log(probs.gather(-1, pred[..., None])[..., 0].clamp_min(1e-30))
             u = torch.rand(tokens.shape, generator=generator, device=tokens.device).clamp(1e-20, 1 - 1e-7)
             conf = conf - torch.log(-torch.log(u)) * randomize_temperature * (1 - progress)  # + Gumbel noise
         conf = torch.where(masked, conf, torch.full_like(conf, float("inf")))  # never re-mask a decided entry
-        keep_masked = (mask_ratio(progress, schedule).clamp(1e-6, 1) * m).floor().long().to(tokens.device)
+        if counts is None:
+            keep_masked = maskbit_masked_after(i, steps, m, schedule).to(tokens.device)
+        else:
+            keep_masked = n_masked - counts[i]
         keep_masked = torch.minimum(keep_masked.clamp(min=1), n_masked - 1).clamp(min=0)  # [B]
         rank = conf.flatten(1).argsort(-1).argsort(-1)                 # 0 = least confident
-        tokens = torch.where((rank < keep_masked[:, None]).reshape(tokens.shape),
-                             torch.full_like(pred, model.mask_id), pred)
+        masked = (rank < keep_masked[:, None]).reshape(tokens.shape)   # [B, M] -> [B, N, S]
+        tokens = torch.where(masked, torch.full_like(pred, model.mask_id), pred)
+        if trace is not None:
+            trace.append((pred, masked))
     return tokens
 
 
@@ -407,11 +354,15 @@ def add_sampler_args(parser):
     g = parser.add_argument_group("teacher sampler (defaults: the preset's)")
     g.add_argument("--steps", type=int, help="decoding steps")
     g.add_argument("--schedule", choices=SCHEDULES, help="mask schedule")
-    g.add_argument("--temperature", type=float, help="softmax temperature (> 0)")
+    g.add_argument("--temperature", type=float, help="softmax temperature (> 0): softmax(logits / T)")
+    g.add_argument("--sm-temp", type=float, help="Halton-MaskGIT's softmax(logits * sm_temp): T = 1 / sm_temp")
     g.add_argument("--randomize-temperature", type=float, help="Gumbel noise on the confidence, annealed to 0")
     g.add_argument("--remask", choices=("confidence", "random"), help="which entries stay masked")
+    g.add_argument("--step-counts", choices=STEP_COUNTS, help="entries decoded per step: MaskBit's or Halton v1.0's")
+    g.add_argument("--noise-anneal", choices=STEP_COUNTS, help="Gumbel annealing: 1-(i+1)/T (maskbit), 1-i/(T-1)")
     g.add_argument("--guidance", type=float, help="CFG w in z_u + w (z_c - z_u); 1 = no guidance")
-    g.add_argument("--maskbit-scale", type=float, help="CFG in MaskBit's form cond + s (cond - uncond): w = s + 1")
+    g.add_argument("--maskbit-scale", "--halton-cfg", dest="maskbit_scale", type=float,
+                   help="CFG in MaskBit's / Halton-MaskGIT's form cond + s (cond - uncond): w = s + 1")
     g.add_argument("--guidance-anneal", choices=("none", "linear", "cosine"), help="guidance annealing")
     g.add_argument("--scale-pow", type=float, help="power of MaskBit's cosine guidance annealing")
 
@@ -424,11 +375,17 @@ def sampler_settings(args, preset):
             s[key] = getattr(args, key)
     if getattr(args, "maskbit_scale", None) is not None:
         s["guidance"] = maskbit_scale_to_w(args.maskbit_scale)
+    if getattr(args, "sm_temp", None) is not None:
+        s["temperature"] = 1.0 / check_range("--sm-temp", args.sm_temp, low=0, low_open=True)
     check_range("--steps", s["steps"], low=1)
     check_range("--temperature", s["temperature"], low=0, low_open=True)
     check_range("--randomize-temperature", s["randomize_temperature"], low=0)
     check_range("--guidance", s["guidance"], low=0)
     check_range("--scale-pow", s["scale_pow"], low=0, low_open=True)
+    if s["step_counts"] == "halton":                                  # fail now, not after a training run
+        g = get_preset(preset)["generator"]
+        grid = g["img_size"] // g.get("input_stride", 16)
+        halton_counts(s["steps"], grid * grid * g.get("codebook_splits", 1), s["schedule"])
     return s
 
 

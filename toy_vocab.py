@@ -29,18 +29,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from config import UserError
-from teacher import FeedForward, MaskedTokenModel, PreNorm, SelfAttention, random_mask
+from masking import random_mask
+from teacher import FeedForward, MaskedTokenModel, PreNorm, SelfAttention
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Joint distributions.
 # ----------------------------------------------------------------------------------------------------------------
-def random_joint(vocab, length, seed, modes=8, sharpness=0.95):
+def random_joint(vocab, length, seed, modes=8, sharpness=0.95, concentration=4.0):
     """A correlated joint: a mixture of `modes` random sequences, each position kept with prob `sharpness`
-    (otherwise uniform), with Dirichlet(4) mode weights.  -> float64 array of shape (V,)*L."""
+    (otherwise uniform), with Dirichlet(concentration) mode weights.  -> float64 array of shape (V,)*L."""
     rng = np.random.default_rng(seed)
     centres = rng.integers(0, vocab, size=(modes, length))
-    weights = rng.dirichlet(np.full(modes, 4.0))
+    weights = rng.dirichlet(np.full(modes, concentration))
     p = np.zeros((vocab,) * length)
     for w, c in zip(weights, centres):
         factors = [np.full(vocab, (1 - sharpness) / vocab) for _ in range(length)]
@@ -51,6 +52,36 @@ def random_joint(vocab, length, seed, modes=8, sharpness=0.95):
             outer = np.multiply.outer(outer, f)
         p += w * outer
     return p / p.sum()
+
+
+def markov_joint(vocab, length, seed, sharpness=0.8):
+    """A Markov chain: x_1 ~ Dirichlet(1) start, then x_i given x_(i-1) goes to that state's preferred successor
+    with prob `sharpness`, otherwise uniform.  -> float64 array of shape (V,)*L."""
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.ones(vocab))
+    transition = np.full((vocab, vocab), (1 - sharpness) / vocab)
+    transition[np.arange(vocab), rng.integers(0, vocab, vocab)] += sharpness
+    for _ in range(length - 1):
+        p = p[..., :, None] * transition                               # p[..., a] T[a, b] -> (V,)*(i+1)
+    return p / p.sum()
+
+
+def family_joint(seed):
+    """One joint of the robustness family (``distill.py --teacher toy-vocab --sweep N``): V in 3-6, L in 3-5; a
+    mixture of 4-10 modes with Dirichlet(1) weights (unequal) and sharpness 0.7-0.95 (3 draws in 4) or a Markov
+    chain of sharpness 0.5-0.9; half of them mixed with a uniform floor of up to 5 %.  -> (joint, description)."""
+    rng = np.random.default_rng(10_000 + seed)
+    vocab, length = int(rng.integers(3, 7)), int(rng.integers(3, 6))
+    floor = float(rng.uniform(0, 0.05)) if rng.random() < 0.5 else 0.0
+    if rng.random() < 0.25:
+        sharpness = float(rng.uniform(0.5, 0.9))
+        p, kind = markov_joint(vocab, length, seed, sharpness), f"markov s={sharpness:.2f}"
+    else:
+        modes, sharpness = int(rng.integers(4, 11)), float(rng.uniform(0.7, 0.95))
+        p = random_joint(vocab, length, seed, modes, sharpness, concentration=1.0)
+        kind = f"{modes} modes s={sharpness:.2f}"
+    p = (1 - floor) * p + floor / p.size
+    return p / p.sum(), dict(vocab=vocab, length=length, kind=kind, floor=round(floor, 3))
 
 
 def check_joint(p, path="--joint"):

@@ -10,9 +10,12 @@ this size.  CPU shortcut: the entropy terms are estimated on ``--entropy-positio
 batch instead of all of them (an unbiased estimate of the per-sample term).
 
 Stage II, ``python train.py teacher --data toy --tokenizer T.pt --out G.pt``: LFQBert trained as a masked model:
-arccos masking of the (position, split) entries, cross-entropy with label smoothing 0.1 on the masked entries,
-class labels dropped with probability 0.1 (the null class, for CFG), AdamW (0.9, 0.96), weight decay 0.045,
-linear warm-up then cosine decay, gradient clipping 1.0, EMA of the weights (the EMA is what is saved).
+arccos masking of the (position, split) entries, cross-entropy with label smoothing 0.1, class labels dropped with
+probability 0.1 (the null class, for CFG), AdamW (0.9, 0.96), weight decay 0.045, linear warm-up then cosine decay,
+gradient clipping 1.0, EMA of the weights (the EMA is what is saved).  Two choices are ours, not MaskBit's
+(``masked_ce`` and ``decay_groups``; the bundled teacher was trained with them): the loss is over the masked entries
+only, as in Di[M]O's auxiliary loss (MaskBit's MLMLoss averages over every entry, masked or not), and embeddings and
+1-D parameters get no weight decay (MaskBit's AdamW decays every parameter).
 
 ``real_tokens``: real images tokenized once and cached (soft_refine.py's discriminator reads them).
 
@@ -31,8 +34,9 @@ from tqdm import tqdm
 from checkpoints import load_checkpoint, load_model, own_checkpoint, save_checkpoint
 from config import ArgumentParser, UserError, check_range, get_preset, runtime
 from data import load_images
+from masking import random_mask
 from optim import ema_update, lr_at, optimise
-from teacher import build_teacher, random_mask
+from teacher import build_teacher
 from tokenizer import LFQTokenizer, build_tokenizer
 
 
@@ -152,15 +156,26 @@ def real_tokens(tokenizer, teacher, data, cache_dir, device, save=True):
     return tokens, labels
 
 
+def masked_ce(logits, targets, mask, label_smoothing=0.1):
+    """Cross-entropy of logits [B, N, S, V] against targets [B, N, S] over the masked entries only (ours; MaskBit's
+    MLMLoss averages over all entries)."""
+    return F.cross_entropy(logits[mask], targets[mask], label_smoothing=label_smoothing)
+
+
+def decay_groups(model, weight_decay=0.045):
+    """AdamW parameter groups: matrices decay, embeddings (pos_emb, class_emb) and 1-D parameters do not (ours;
+    MaskBit decays every parameter)."""
+    decays = {n: p.dim() >= 2 and "emb" not in n for n, p in model.named_parameters()}
+    return [dict(params=[p for n, p in model.named_parameters() if decays[n]], weight_decay=weight_decay),
+            dict(params=[p for n, p in model.named_parameters() if not decays[n]], weight_decay=0.0)]
+
+
 def train_teacher(model, tokens, labels, steps, batch_size, lr, warmup, label_dropout=0.1, label_smoothing=0.1,
                   ema_decay=0.999, gen=None, device="cpu", progress=True):
     """Stage II loop on tokens [n, N, S] with labels [n]; returns (EMA copy of the model, loss of every step)."""
     model.train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
-    opt = torch.optim.AdamW([dict(params=decay, weight_decay=0.045), dict(params=no_decay, weight_decay=0.0)],
-                            lr=lr, betas=(0.9, 0.96))
+    opt = torch.optim.AdamW(decay_groups(model), lr=lr, betas=(0.9, 0.96))
     losses = []
     bar = tqdm(range(steps), desc="teacher", mininterval=2, disable=not progress)
     for step in bar:
@@ -171,7 +186,7 @@ def train_teacher(model, tokens, labels, steps, batch_size, lr, warmup, label_dr
         x_t, mask = random_mask(x0, model.mask_id, "arccos", generator=gen)
         drop = torch.rand(batch_size, generator=gen).to(device) < label_dropout
         logits = model.logits(x_t, y, drop)                               # [B, N, S, V]
-        loss = F.cross_entropy(logits[mask], x0[mask], label_smoothing=label_smoothing)
+        loss = masked_ce(logits, x0, mask, label_smoothing)
         optimise(opt, model, loss, "teacher", step)
         ema_update(ema, model, ema_decay, step)
         losses.append(loss.item())

@@ -147,3 +147,19 @@ def test_cli_error_is_one_line_without_traceback(tmp_path):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "bad.bin" in lines[0], out.stderr
     assert not (tmp_path / "g.png").exists()
+
+
+@pytest.mark.parametrize("preset", ["test-maskbit", "test-maskgit"])
+def test_full_size_benchmark_files_load_through_the_normal_path(presets, preset, tmp_path):
+    """bench.py full-size writes random weights in the released layouts; --teacher-ckpt / --tokenizer-ckpt
+    read them back strictly and unchanged (here at the golden fixtures' sizes)."""
+    from bench import released_files
+    from teacher import load_pair
+    teacher_path, tokenizer_path = released_files(preset, str(tmp_path))
+    raw = torch.load(teacher_path, weights_only=True)
+    assert ("token_emb.weight" in raw) if preset == "test-maskbit" else ("model_state_dict" in raw)
+    teacher, tokenizer, _ = load_pair(preset, teacher_path, tokenizer_path, verbose=False)
+    torch.manual_seed(0)
+    p = config.PRESETS[preset]
+    fresh = build_teacher(p["family"], p["generator"]).state_dict()
+    assert all(torch.equal(v, fresh[k]) for k, v in teacher.state_dict().items())

@@ -97,3 +97,23 @@ def test_released_presets_get_the_papers_distillation_defaults():
 def test_config_json_records_the_defaults_used(image_run):
     config = json.load(open(image_run / "config.json"))
     assert config["defaults_used"]["lr"] == "preset maskbit-toy" and "steps" not in config["defaults_used"]
+
+
+def test_bench_step_and_sweep(tmp_path, capsys):
+    """bench.py step times every pass of a step and the step itself; bench.py sweep runs distill.py per joint of the
+    family and summarises (both in a small form)."""
+    import bench
+    capsys.readouterr()
+    bench.main(["step", "--repeats", "1", "--teacher", "maskbit", "--batch-size", "4", "--device", "cpu"])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(row["seconds"]) == {"generator forward + backward", "teacher CFG pass", "auxiliary forward",
+                                   "fresh generator sample", "auxiliary forward + backward", "Adam steps + EMA",
+                                   "full step"}
+    assert row["ratio"] > 0.5 and row["sum_of_passes"] == pytest.approx(sum(
+        v for k, v in row["seconds"].items() if k != "full step"), abs=1e-3)
+    bench.main(["sweep", "--n", "2", "--first", "3", "--out", str(tmp_path), "--steps", "3", "--mdm-steps", "3",
+                "--eval-n", "300"])
+    sweep = json.load(open(tmp_path / "sweep.json"))
+    assert [r["joint"] for r in sweep["rows"]] == [3, 4] and sweep["summary"]["joints"] == 2
+    assert all(0 <= r["tv_floor"] <= 1 and 0 <= r["tv_generator"] <= 1 for r in sweep["rows"])
+    assert (tmp_path / "joint_3" / "metrics.json").exists() and sweep["summary"]["flags"].startswith("--steps 3")

@@ -2,13 +2,18 @@
 vocabulary where the right answer is known."""
 import json
 import math
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
-from distill import aux_loss, dimo_surrogate, divergence_grad, entry_weights, main
+from config import runtime
+from distill import aux_loss, dimo_loss, dimo_surrogate, divergence_grad, entry_weights, main
 from generator import draw_r_init, generate, generator_logits, make_generator, perturb, sigma_at, token_init
-from teacher import LFQBert, MaskTransformer, random_mask
+from masking import random_mask
+from teacher import LFQBert, MaskTransformer
+from toy_vocab import family_joint, markov_joint
 
 CASES = [("fkl", 0.0), ("rkl", 0.0), ("jeffreys", 0.3), ("jeffreys", -0.2), ("jeffreys", -0.4), ("jeffreys", 1.0)]
 
@@ -158,3 +163,42 @@ def test_aux_loss_is_cross_entropy_on_the_masked_entries_only():
                                            reduction="none").reshape(6, 16, 2)   # [B*N*S] -> [B, N, S]
     torch.testing.assert_close(loss, ce[mask].mean(), rtol=1e-6, atol=0)
     assert abs(loss.item() - ce.mean().item()) > 1e-3, "the all-entries loss would differ"
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_teacher_dropout_flag(flag):
+    """--teacher-dropout: the teacher's distillation passes run in train mode (dropout on, as the official MaskGIT
+    run did); default eval mode.  Either way the teacher is left in eval mode (its samples never drop out)."""
+    torch.manual_seed(0)
+    teacher = MaskTransformer(img_size=64, hidden_dim=32, codebook_size=16, depth=1, heads=2, mlp_dim=64, nclass=5,
+                              dropout=0.5).eval()
+    a = SimpleNamespace(schedule="arccos", teacher_cfg=2.0, divergence="fkl", beta=0.0, normalisation="sum",
+                        teacher_dropout=flag)
+    run = SimpleNamespace(args=a, teacher=teacher, aux=make_generator(teacher).eval(), rt=runtime("cpu"))
+    z = torch.randn(2, 16, 1, 17)
+
+    def divergence():
+        run.rng = torch.Generator().manual_seed(0)
+        return dimo_loss(run, z, torch.tensor([0, 1]))[1]
+    assert (divergence() != divergence()) == flag and not teacher.training
+
+
+def test_joint_family_covers_what_it_says():
+    kinds, floors = set(), set()
+    for seed in range(40):
+        p, info = family_joint(seed)
+        assert p.shape == (info["vocab"],) * info["length"] and 3 <= info["vocab"] <= 6 and 3 <= info["length"] <= 5
+        assert abs(p.sum() - 1) < 1e-9 and p.min() >= info["floor"] / p.size * (1 - 1e-9)
+        kinds.add(info["kind"].split()[0] if info["kind"].startswith("markov") else "mixture")
+        floors.add(info["floor"] > 0)
+        if info["kind"][0].isdigit():                                  # "<modes> modes s=<sharpness>"
+            assert 4 <= int(info["kind"].split()[0]) <= 10 and 0.7 <= float(info["kind"].split("=")[1]) <= 0.95
+    assert kinds == {"markov", "mixture"} and floors == {True, False}
+
+
+def test_markov_joint_is_a_chain():
+    """x_3 depends on x_1, x_2 only through x_2: p(x3 | x1, x2) is the same for every x1."""
+    p = markov_joint(4, 3, seed=0, sharpness=0.8)
+    cond = p / p.sum(-1, keepdims=True)                                 # p(x3 | x1, x2)
+    assert np.allclose(cond, cond[:1]) and abs(p.sum() - 1) < 1e-12
+    assert not np.allclose(cond[0], cond[0, :1]), "x_3 does depend on x_2"

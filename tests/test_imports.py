@@ -40,6 +40,7 @@ def test_import_graph_is_acyclic():
         visit(name, [])
     assert order.index("tokenizer") < order.index("teacher") < order.index("generator") < order.index("distill") \
         < order.index("soft_refine") < order.index("tteo")
+    assert graph["masking"] == {"config"}, "the masking maths sits one floor below every model"
 
 
 def test_the_ground_floor_knows_no_model_and_no_model_its_trainer():

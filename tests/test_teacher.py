@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
-from config import PRESETS, maskbit_scale_to_w
-from teacher import LFQBert, MaskTransformer, cfg, guidance_at, guided_logits, mask_ratio, random_mask, sample
+from config import PRESETS, UserError, maskbit_scale_to_w
+from masking import cfg, guidance_at, guided_logits, halton_counts, mask_ratio, random_mask
+from teacher import LFQBert, MaskTransformer, sample
 from tokenizer import bits_to_index, combine_tokens, expected_bits, index_to_bits, split_tokens
 
 
@@ -122,3 +123,94 @@ def test_sampler_keeps_given_tokens_and_one_step():
     assert torch.equal(out[:, :4], init[:, :4]) and (out != bit.mask_id).all()
     one = sample(bit, torch.tensor([0, 1]), steps=1, generator=torch.Generator().manual_seed(0))
     assert (one != bit.mask_id).all()
+
+
+def test_guidance_first_step_and_one_step():
+    for anneal in ("linear", "cosine"):
+        assert guidance_at(3.0, 0, 4, anneal, 2.0) == 1.0, "step 0 of several is unguided, as in both official codes"
+        assert guidance_at(3.0, 0, 1, anneal, 2.0) == 3.0, "one step: full guidance, our documented choice"
+
+
+# Halton-MaskGIT v1.0's adap_sche (Di[M]O's MaskGIT baseline), arccos: the 16-step row is the one quoted from its code
+@pytest.mark.parametrize("steps,m,expected", [
+    (16, 256, [1, 6, 9, 10, 12, 14, 15, 16, 18, 19, 20, 21, 22, 23, 25, 25]),
+    (12, 256, [1, 9, 13, 17, 19, 22, 24, 26, 28, 30, 32, 35]),
+    (8, 256, [1, 18, 26, 32, 38, 43, 48, 50]),
+    (16, 64, [1, 1, 2, 3, 3, 3, 4, 4, 4, 5, 5, 5, 6, 6, 6, 6]),
+    (12, 64, [1, 2, 3, 4, 5, 5, 6, 7, 7, 8, 8, 8]),
+    (8, 64, [1, 5, 6, 8, 9, 11, 12, 12])])
+def test_halton_counts(steps, m, expected):
+    counts = halton_counts(steps, m)
+    assert counts.tolist() == expected and counts.sum() == m and counts.min() >= 1
+
+
+def test_halton_counts_edges():
+    assert halton_counts(1, 256).tolist() == [256]
+    with pytest.raises(UserError, match="undefined for 64 steps"):
+        halton_counts(64, 64)                                            # v1.0's last count would be -3
+
+
+def test_maskbit_counts_are_cumulative():
+    bit, _ = tiny_models()
+    trace, steps, m = [], 6, 32
+    sample(bit, torch.tensor([0, 1]), steps, randomize_temperature=2.0, generator=torch.Generator().manual_seed(0),
+           trace=trace)
+    for i, (_, still) in enumerate(trace):
+        expected = max(1, math.floor(mask_ratio((i + 1) / steps).item() * m)) if i < steps - 1 else 0
+        assert still.flatten(1).sum(1).tolist() == [min(expected, m - i - 1)] * 2
+
+
+def test_halton_sampler_decodes_v1_positions():
+    """Randomize off: every step is replayed from the trace with v1.0's own rules -- CFG (1 + s_i) cond - s_i uncond
+    with s_i = s i/(T-1), softmax(logits * sm_temp), confidence p(sampled id), the count_i most confident masked
+    entries decoded, a decoded entry decided for good even when its id is the mask class."""
+    torch.manual_seed(0)
+    git = MaskTransformer(img_size=128, hidden_dim=32, codebook_size=16, depth=2, heads=2, mlp_dim=64, nclass=5).eval()
+    with torch.no_grad():
+        git.tok_emb.weight[:git.vocab].mul_(0.05)                      # flat head: the mask class gets sampled
+    labels, s, sm_temp, steps = torch.tensor([0, 1, 2, 3]), 8.0, 0.5, 8
+    counts = [1, 5, 6, 8, 9, 11, 12, 12]
+    trace = []
+    out = sample(git, labels, steps, temperature=1 / sm_temp, randomize_temperature=0.0,
+                 guidance=maskbit_scale_to_w(s), guidance_anneal="linear", step_counts="halton",
+                 noise_anneal="halton", generator=torch.Generator().manual_seed(5), trace=trace)
+    code, mask = torch.full((4, 64), git.mask_id), torch.ones(4, 64, dtype=torch.bool)
+    drop = torch.ones(4, dtype=torch.bool)
+    for i, (pred, still) in enumerate(trace):
+        with torch.no_grad():
+            c, u = git(code.view(4, 8, 8), labels, ~drop), git(code.view(4, 8, 8), labels, drop)
+        s_i = s * i / (steps - 1)
+        prob = torch.softmax(((1 + s_i) * c - s_i * u) * sm_temp, -1)  # [B, N, K+1]
+        conf = prob.gather(-1, pred[..., :1])[..., 0].masked_fill(~mask, -math.inf)
+        decoded = torch.zeros_like(mask).scatter_(1, conf.topk(counts[i], -1).indices, True)
+        assert torch.equal(still[..., 0], mask & ~decoded), f"step {i}"
+        code, mask = torch.where(decoded, pred[..., 0], code), mask & ~decoded
+    assert len(trace) == steps - 1 and mask.sum(1).tolist() == [counts[-1]] * 4
+    assert torch.equal(out[..., 0][~mask], code[~mask]) and (out != git.mask_id).sum() > 0
+    assert ((code == git.mask_id) & ~mask).any(), "a sampled mask id must occur here and stay decided"
+
+
+def test_released_samplers():
+    """The maskgit preset samples as Di[M]O's baseline (Halton-MaskGIT v1.0, configs/DIMO_MaskGit.yaml); MaskBit
+    presets keep MaskBit's sampler."""
+    s = PRESETS["maskgit"]["sampler"]
+    assert (s["steps"], s["temperature"], s["randomize_temperature"], s["guidance"], s["guidance_anneal"],
+            s["step_counts"], s["noise_anneal"], s["remask"]) == (16, 1.0, 4.5, 4.0, "linear", "halton", "halton",
+                                                                   "confidence")
+    for name in ("maskbit-12bit", "maskbit-toy"):
+        assert PRESETS[name]["sampler"]["step_counts"] == PRESETS[name]["sampler"]["noise_anneal"] == "maskbit"
+
+
+def test_attention_output_dropout_maskbit_only():
+    """MaskBit's BertAttention drops out the attention output (train mode only); MaskGIT's Attention does not."""
+    torch.manual_seed(0)
+    bit = LFQBert(img_size=32, hidden_dim=32, codebook_size=64, codebook_splits=2, depth=1, heads=2, mlp_dim=64,
+                  nclass=5, input_stride=8, dropout=0.5).train()
+    git = MaskTransformer(img_size=64, hidden_dim=32, codebook_size=16, depth=1, heads=2, mlp_dim=64, nclass=5,
+                          dropout=0.5).train()
+    x = torch.randn(4, 17, 32)
+    zeros = (bit.transformer.layers[0][0](x) == 0).float().mean().item()
+    assert 0.4 < zeros < 0.6
+    assert (git.transformer.layers[0][0].fn(x) == 0).sum() == 0
+    attn = bit.transformer.layers[0][0].eval()
+    assert torch.equal(attn(x), attn.mha(x, x, x, need_weights=False)[0])

@@ -13,7 +13,7 @@ from data import toy_images
 from teacher import LFQBert, build_teacher
 from tokenizer import LFQTokenizer, build_tokenizer
 from optim import optimise
-from train import train_teacher, train_tokenizer
+from train import decay_groups, masked_ce, train_teacher, train_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_TOKENIZER = dict(token_size=8, num_channels=3, hidden_channels=32, channel_mult=[1, 2], num_resolutions=2,
@@ -39,6 +39,25 @@ def test_teacher_steps_lower_the_loss():
                                 progress=False)
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
     assert not all(torch.equal(a, b) for a, b in zip(ema.parameters(), model.parameters()))
+
+
+def test_toy_teacher_recipe_choices():
+    """Our two documented departures from MaskBit's recipe: the loss ignores unmasked entries, and embeddings and
+    1-D parameters get no weight decay."""
+    torch.manual_seed(0)
+    logits, targets = torch.randn(2, 6, 2, 8), torch.randint(0, 8, (2, 6, 2))
+    mask = torch.rand(2, 6, 2) < 0.5
+    other = torch.where(mask[..., None], logits, torch.randn_like(logits))  # unmasked entries changed
+    assert torch.equal(masked_ce(logits, targets, mask), masked_ce(other, targets, mask))
+    torch.testing.assert_close(masked_ce(logits, targets, mask, 0.0),
+                               torch.nn.functional.cross_entropy(logits[mask], targets[mask]))
+    model = LFQBert(img_size=16, hidden_dim=32, codebook_size=64, codebook_splits=2, depth=1, heads=2, mlp_dim=64,
+                    nclass=2, input_stride=4)
+    decay, no_decay = decay_groups(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in no_decay["params"]} >= {"pos_emb", "class_emb.weight", "input_proj.bias"}
+    assert "input_proj.weight" in {names[id(p)] for p in decay["params"]} and decay["weight_decay"] == 0.045
+    assert all(p.dim() >= 2 for p in decay["params"]) and no_decay["weight_decay"] == 0.0
 
 
 def test_shipped_pair_loads_strictly():

@@ -1,0 +1,232 @@
+"""Measurements that run the distillation itself: where a step's time goes, whether the toy proof holds beyond the
+joint it was tuned on, and what the released architectures cost at full size.  Each prints JSON lines that the
+README quotes; none is a test (they take minutes).
+
+* ``python bench.py step --teacher maskbit [distill.py flags]``: one full Di[M]O step (generator update + auxiliary
+  update) against the sum of the passes it needs, each timed alone on the same batch.  The ratio step / sum says how
+  much the loop adds (goal: at most 1.15).
+* ``python bench.py sweep --n 12 [distill.py flags]``: distill.py's toy-vocab defaults on N joints of a broad family
+  (``toy_vocab.family_joint``: V 3-6, L 3-5, mixtures of 4-10 unequal modes or Markov chains, optional uniform
+  floor); per joint the generator's TV, the one-step teacher's TV and the exact sampler's floor.
+* ``python bench.py full-size --presets maskbit-12bit,maskgit``: random weights of the full-size architectures,
+  written in the released file layouts, loaded through ``--teacher-ckpt`` / ``--tokenizer-ckpt``; 2 distillation
+  steps per batch size (fp32, then ``--amp --ema-cpu``) and one 16-step teacher sample of 2 images, each in a fresh
+  process whose own peak RSS is reported, next to ``eval.py memory``'s computed table.
+
+Wall-clock figures depend on the machine: print ``python eval.py speed --teacher maskbit`` beside them.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+import distill
+from config import ArgumentParser, UserError, check_range, cli, get_preset
+from eval import memory_table
+from generator import draw_r_init, generate, token_init
+from masking import guided_logits, random_mask
+from optim import ema_update
+from teacher import build_teacher
+from tokenizer import build_tokenizer
+from toy_vocab import family_joint
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# step: the loop's overhead over its passes.
+# ----------------------------------------------------------------------------------------------------------------
+def bench_step(run, repeats):
+    """Median seconds of a full step and of each pass alone (alternated, K repeats after one warm-up round)."""
+    a, rng, dev = run.args, run.rng, run.rt.device
+    labels = torch.randint(0, run.teacher.nclass, (a.batch_size,), generator=rng).to(dev)
+    x_init = token_init(run.gen, a.batch_size, draw_r_init(a.r_init, rng), rng).to(dev)
+    x_t, _ = random_mask(generate(run.gen, labels, a.r_init, a.sigma_init, 1.0, rng), run.teacher.mask_id,
+                         a.schedule, rng)
+    trainable = [p for m in (run.gen, run.aux) for p in m.parameters() if p.requires_grad]
+
+    def backward(out):
+        out.float().backward(torch.ones_like(out, dtype=torch.float32))
+
+    def optimisers():
+        for p in trainable:
+            p.grad = torch.zeros_like(p)                                 # Adam skips parameters without gradients
+        t0 = time.perf_counter()
+        run.opt_g.step(), run.opt_aux.step(), ema_update(run.ema, run.gen, a.ema, 0)
+        return time.perf_counter() - t0
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        with run.rt.autocast():
+            out = fn()
+        return out if isinstance(out, float) else time.perf_counter() - t0
+
+    no_grad = torch.no_grad()
+    parts = {"generator forward + backward": lambda: backward(run.gen_call(labels, x_init, a.sigma_init, rng)),
+             "teacher CFG pass": lambda: no_grad(guided_logits)(run.teacher, x_t, labels, a.teacher_cfg),
+             "auxiliary forward": lambda: no_grad(run.aux.logits)(x_t, labels),
+             "fresh generator sample": lambda: no_grad(generate)(run.gen, labels, a.r_init, a.sigma_init, 1.0, rng),
+             "auxiliary forward + backward": lambda: backward(run.aux_call(x_t, labels)),
+             "Adam steps + EMA": optimisers}
+    per_step = {name: a.grad_accum * (a.aux_updates if name in ("fresh generator sample",
+                                                                "auxiliary forward + backward") else 1)
+                for name in parts}                                       # how often a step runs each pass
+    per_step["Adam steps + EMA"] = 1
+    step = lambda: (distill.generator_update(run, 0, draw_r_init(a.r_init, rng), a.sigma_init),
+                    distill.aux_update(run, 0, a.sigma_init))
+    times = {name: [] for name in [*parts, "full step"]}
+    for _ in range(repeats + 1):
+        for name, fn in [*parts.items(), ("full step", step)]:
+            times[name].append(timed(fn))
+            for m in (run.gen, run.aux):
+                m.zero_grad(set_to_none=True)
+    med = {name: float(np.median(t[1:])) for name, t in times.items()}
+    alone = sum(med[name] * per_step[name] for name in parts)
+    return dict(teacher=a.teacher, batch_size=a.batch_size, aux_updates=a.aux_updates, grad_accum=a.grad_accum,
+                repeats=repeats, seconds={k: round(v, 4) for k, v in med.items()}, passes_per_step=per_step,
+                sum_of_passes=round(alone, 4), ratio=round(med["full step"] / alone, 3))
+
+
+def main_step(argv):
+    parser = ArgumentParser(prog="bench.py step", description="a distillation step vs the sum of its passes")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up round")
+    args, rest = parser.parse_known_args(argv)
+    check_range("--repeats", args.repeats, low=1)
+    a = distill.build_parser().parse_args(rest)
+    run, _ = distill.setup_run(a)
+    print(json.dumps(bench_step(run, args.repeats)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# sweep: the toy-vocab proof on joints nobody tuned for.
+# ----------------------------------------------------------------------------------------------------------------
+def main_sweep(argv):
+    parser = ArgumentParser(prog="bench.py sweep", description="toy-vocab distillation over a family of joints")
+    parser.add_argument("--n", type=int, default=12, help="number of joints (family seeds first ... first+n-1)")
+    parser.add_argument("--first", type=int, default=0, help="first family seed")
+    parser.add_argument("--out", default="runs/sweep", help="one run per joint in OUT/joint_<i>, then sweep.json")
+    args, rest = parser.parse_known_args(argv)
+    check_range("--n", args.n, low=1)
+    if any(flag in rest for flag in ("--teacher", "--joint", "--resume", "--out")):
+        raise UserError("bench.py sweep sets --teacher, --joint and --out itself; pass only distill.py's settings")
+    os.makedirs(args.out, exist_ok=True)
+    rows = []
+    for i in range(args.first, args.first + args.n):
+        joint, info = family_joint(i)
+        path, out = os.path.join(args.out, f"joint_{i}.npy"), os.path.join(args.out, f"joint_{i}")
+        np.save(path, joint)
+        t0 = time.time()
+        distill.main(["--teacher", "toy-vocab", "--joint", path, "--out", out, *rest])
+        with open(os.path.join(out, "metrics.json")) as f:
+            m = json.load(f)
+        rows.append(dict(joint=i, **info, tv_generator=m["tv_generator"], tv_teacher_1step=m["tv_teacher_1step"],
+                         tv_floor=m["tv_teacher_multistep"], seconds=round(time.time() - t0)))
+        print(json.dumps(rows[-1]), flush=True)
+    tvs = [r["tv_generator"] for r in rows]
+    summary = dict(joints=len(rows), median_tv=round(float(np.median(tvs)), 4), worst=max(rows, key=lambda r:
+                   r["tv_generator"]), above_0_10=sum(t > 0.10 for t in tvs), flags=" ".join(rest))
+    with open(os.path.join(args.out, "sweep.json"), "w") as f:
+        json.dump(dict(rows=rows, summary=summary), f, indent=1)
+    print(json.dumps(summary))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# full-size: the released architectures, measured.
+# ----------------------------------------------------------------------------------------------------------------
+# A child's own peak RSS (KiB on Linux), printed as its last stderr line whatever way the script ends.
+PEAK_RSS = ("import resource, runpy, sys\nsys.argv = sys.argv[1:]\ntry:\n    runpy.run_path(sys.argv[0], "
+            "run_name='__main__')\nfinally:\n    print('peak_rss_kib', resource.getrusage(resource.RUSAGE_SELF)"
+            ".ru_maxrss, file=sys.stderr)")
+
+
+def released_files(preset, folder, seed=0):
+    """Random weights of a preset's full-size architecture, written in the released file layouts that
+    --teacher-ckpt / --tokenizer-ckpt read: MaskBit ``.bin`` state dicts (the generator with its old ``token_emb``
+    names), MaskGIT ``.pth`` (``model_state_dict`` + training fields), taming ``last.ckpt`` (Lightning
+    ``state_dict`` with ``loss.*`` entries).  -> (teacher path, tokenizer path)."""
+    p = get_preset(preset)
+    torch.manual_seed(seed)
+    teacher = build_teacher(p["family"], p["generator"]).state_dict()
+    tokenizer = build_tokenizer(p["family"], p["tokenizer"]).state_dict()
+    os.makedirs(folder, exist_ok=True)
+    if p["family"] == "maskbit":
+        teacher = {("token_emb." + k[len("input_proj."):] if k.startswith("input_proj.") else k): v
+                   for k, v in teacher.items()}
+        paths = os.path.join(folder, "pytorch_model_generator.bin"), os.path.join(folder, "pytorch_model_tokenizer.bin")
+        torch.save(teacher, paths[0])
+        torch.save(tokenizer, paths[1])
+    else:
+        paths = os.path.join(folder, "MaskGIT_ImageNet_256.pth"), os.path.join(folder, "last.ckpt")
+        torch.save(dict(model_state_dict=teacher, iter=0, global_epoch=0), paths[0])
+        torch.save(dict(state_dict=dict(tokenizer, **{"loss.logvar": torch.zeros(())}), epoch=0), paths[1])
+    return paths
+
+
+def run_measured(cmd):
+    """Run a script in a fresh child -> (wall seconds, its own peak RSS in MiB)."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", PEAK_RSS] + cmd, cwd=HERE, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise UserError(f"{' '.join(cmd[:3])} ... failed: {proc.stderr.strip().splitlines()[-2:]}")
+    return seconds, int(proc.stderr.split("peak_rss_kib")[-1].split()[0]) / 1024
+
+
+def full_size(preset, batches, folder):
+    """2 distillation steps at each batch, fp32 and with --amp --ema-cpu, plus one 16-step teacher sample of 2
+    images, all through the normal command lines on the released layouts -> one JSON row each."""
+    teacher_path, tokenizer_path = released_files(preset, folder)
+    pair = ["--teacher", preset, "--teacher-ckpt", teacher_path, "--tokenizer-ckpt", tokenizer_path]
+    for extra in ([], ["--amp", "--ema-cpu"]):
+        for batch in batches:
+            out = os.path.join(folder, f"distill_b{batch}{'_amp' if extra else ''}")
+            seconds, peak = run_measured(["distill.py", *pair, "--steps", "2", "--batch-size", str(batch),
+                                          "--log-every", "1", "--grid-every", "0", "--eval-n", "2",
+                                          "--tune-temperature", "", "--device", "cpu", "--out", out, *extra])
+            with open(os.path.join(out, "log.jsonl")) as f:
+                log = [json.loads(line) for line in f]
+            os.remove(os.path.join(out, "checkpoint.pt"))              # 5-9 GB each at full size
+            print(json.dumps(dict(preset=preset, run="distill", batch_size=batch, flags=" ".join(extra),
+                                  first_step_s=log[0]["seconds"], second_step_s=round(log[1]["seconds"] -
+                                  log[0]["seconds"], 1), wall_s=round(seconds, 1), peak_rss_mib=round(peak))),
+                  flush=True)
+    seconds, peak = run_measured(["teacher.py", "sample", "--teacher", preset, "--ckpt", teacher_path,
+                                  "--tokenizer-ckpt", tokenizer_path, "--n", "2", "--steps", "16", "--out",
+                                  os.path.join(folder, "teacher.png")])
+    print(json.dumps(dict(preset=preset, run="teacher sample, 2 images, 16 steps", wall_s=round(seconds, 1),
+                          peak_rss_mib=round(peak))), flush=True)
+
+
+def main_full_size(argv):
+    parser = ArgumentParser(prog="bench.py full-size", description="full-size architectures on random weights")
+    parser.add_argument("--presets", default="maskbit-12bit,maskgit", help="released presets, comma separated")
+    parser.add_argument("--batches", default="1,2", help="distillation batch sizes to measure")
+    parser.add_argument("--folder", default="/tmp/dimo-full-size", help="where files and runs go (~15 GB)")
+    args = parser.parse_args(argv)
+    presets = args.presets.split(",")
+    for name in presets:
+        if "bundled" in get_preset(name):
+            raise UserError(f"--presets {name}: a bundled toy preset; name released ones (maskbit-12bit,maskgit)")
+    try:
+        batches = [check_range("--batches", int(b), low=1) for b in args.batches.split(",")]
+    except ValueError:
+        raise UserError(f"--batches '{args.batches}' must be comma-separated integers, e.g. 1,2") from None
+    for name in presets:
+        print(json.dumps(memory_table(name)), flush=True)
+        full_size(name, batches, os.path.join(args.folder, name))
+
+
+def main(argv):
+    """python bench.py {step,sweep,full-size} ..."""
+    commands = {"step": main_step, "sweep": main_sweep, "full-size": main_full_size}
+    if not argv or argv[0] not in commands:
+        raise UserError(f"usage: python bench.py {{{','.join(commands)}}} [--help]")
+    commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    cli(lambda: main(sys.argv[1:]))
