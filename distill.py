@@ -371,12 +371,16 @@ def train_and_evaluate(run, evaluate):
         with open(os.path.join(a.out, "config.json"), "w") as f:
             json.dump(dict(vars(a), world_size=ddp.world_size(), global_batch=a.batch_size * ddp.world_size()),
                       f, indent=1, default=str)
+    t0 = time.perf_counter()
     train(run)
+    seconds_training = round(time.perf_counter() - t0, 1)
     sums = ddp.checksums(run.gen, run.ema, run.aux, *[m for m in run.extra_state.values()
                                                        if isinstance(m, torch.nn.Module)])
     if ddp.is_main():
+        t0 = time.perf_counter()
         metrics = dict(evaluate(), world_size=ddp.world_size(), global_batch=a.batch_size * ddp.world_size(),
-                       ranks_identical=all(s == sums[0] for s in sums))
+                       ranks_identical=all(s == sums[0] for s in sums), seconds_training=seconds_training)
+        metrics["seconds_evaluation_total"] = round(time.perf_counter() - t0, 1)
         with open(os.path.join(a.out, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=1)
         print(json.dumps(metrics))

@@ -13,9 +13,11 @@ Two kinds of teacher:
 Defaults below are for this CPU; on a GPU with a released teacher use the paper's values (README): lr 1e-5,
 batch 64 per GPU, about 30k steps.
 """
+import contextlib
 import copy
 import json
 import os
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -75,6 +77,21 @@ def common_setup(a, rt, teacher, student):
                            w_dimo=1.0, extra_terms=[], after_step=[], extra_state={})
 
 
+class Stopwatch:
+    """Seconds per named phase, summed over repeats: the evaluation's time breakdown in metrics.json."""
+
+    def __init__(self):
+        self.seconds = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 2)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Image teachers.
 # ----------------------------------------------------------------------------------------------------------------
@@ -132,11 +149,12 @@ class ImageTask:
         seed (sampling is deterministic, so they are exact; the caller vouches that the checkpoints are the same).
         score: fn(images, labels) -> {metric: value}, more metrics of each one-step generator's evaluated images
         (soft_refine.py: the reward), stored as '<metric>_generator' and '<metric>_<extra name>'."""
-        a, extra = run.args, extra or {}
+        a, extra, clock = run.args, extra or {}, Stopwatch()
         labels = torch.arange(a.eval_n) % run.teacher.nclass
         common = dict(teacher_preset=self.preset, teacher_sampler=self.sampler, eval_n=a.eval_n, seed=a.seed,
                       steps=a.steps, r_init=a.r_init, sigma_init=a.sigma_init)
-        evaluator = self.evaluator(a)
+        with clock("held-out reference features"):
+            evaluator = self.evaluator(a)
         if evaluator is None:
             images = self.one_step_images(run, labels, a.gen_temperature, a.seed)
             write_result(a.out, "generator_samples", dict(common, gen_temperature=a.gen_temperature), images, npz=True)
@@ -144,29 +162,30 @@ class ImageTask:
                 write_result(a.out, f"{name}_samples", dict(common, gen_temperature=temperature),
                              self.one_step_images(run, labels, temperature, a.seed, model), npz=True)
             return dict(common, gen_temperature=a.gen_temperature, npz=os.path.join(a.out, "generator_samples.npz"))
-        tuning = {t: evaluator(self.one_step_images(run, labels, t, a.seed + 1), labels)["fid"]
-                  for t in a.temperatures}                               # tuned on seed+1, reported on seed
+        with clock("temperature tuning"):
+            tuning = {t: evaluator(self.one_step_images(run, labels, t, a.seed + 1), labels)["fid"]
+                      for t in a.temperatures}                           # tuned on seed+1, reported on seed
         temperature = min(tuning, key=tuning.get) if tuning else a.gen_temperature
-        images = self.one_step_images(run, labels, temperature, a.seed)
+        with clock("generator samples"):
+            images = self.one_step_images(run, labels, temperature, a.seed)
         first = [int(torch.nonzero(labels == c)[0]) for c in range(min(8, run.teacher.nclass))]
         on_device = labels.to(run.rt.device)
         key = dict(common, **evaluator.info)
         reused = reuse is not None and all(json.dumps(reuse.get(k)) == json.dumps(key[k]) for k in
                                            ("teacher_preset", "teacher_sampler", "eval_n", "seed", "data", "features"))
-        with run.rt.autocast():                                          # the grid's teacher rows: first of a class
+        with run.rt.autocast(), clock("teacher samples"):               # the grid's teacher rows: first of a class
+            teacher_labels = on_device[first] if reused else on_device
+            teacher_multi = teacher_images(run.teacher, self.tokenizer, teacher_labels, self.sampler, a.seed)
+            teacher_one = teacher_images(run.teacher, self.tokenizer, teacher_labels, dict(self.sampler, steps=1),
+                                         a.seed)
+        with clock("teacher metrics"):
             if reused:
                 t_m, t1_m = reuse["teacher"], reuse["teacher_1step"]
-                grid_labels = on_device[first]
-                teacher_multi = teacher_images(run.teacher, self.tokenizer, grid_labels, self.sampler, a.seed)
-                teacher_one = teacher_images(run.teacher, self.tokenizer, grid_labels, dict(self.sampler, steps=1),
-                                             a.seed)
             else:
-                teacher_multi = teacher_images(run.teacher, self.tokenizer, on_device, self.sampler, a.seed)
-                teacher_one = teacher_images(run.teacher, self.tokenizer, on_device, dict(self.sampler, steps=1),
-                                             a.seed)
                 t_m, t1_m = evaluator(teacher_multi, labels), evaluator(teacher_one, labels)
                 teacher_multi, teacher_one = teacher_multi[first], teacher_one[first]
-        gen_m = evaluator(images, labels)
+        with clock("generator metrics"):
+            gen_m = evaluator(images, labels)
         metrics = dict(fid_generator=gen_m["fid"], fid_teacher=t_m["fid"], fid_teacher_1step=t1_m["fid"],
                        class_acc_generator=gen_m["class_acc"], class_acc_teacher=t_m["class_acc"],
                        class_acc_teacher_1step=t1_m["class_acc"], generator=gen_m, teacher=t_m, teacher_1step=t1_m,
@@ -174,6 +193,25 @@ class ImageTask:
                        **key)
         metrics.update({f"{k}_generator": v for k, v in (score(images, labels) if score else {}).items()})
         rows = [teacher_multi]
+        with clock("more generators"):
+            rows += self.score_extra(run, extra, labels, first, evaluator, score, metrics)
+        rows += [images[first], teacher_one]
+        if not extra:                                                    # Di[M]O's row order: generator first
+            rows = [images[first], teacher_multi, teacher_one]
+        with clock("grid and files"):
+            save_image_grid(torch.cat(rows), os.path.join(a.out, "samples.png"), nrow=len(first))
+            write_result(a.out, "generator_samples", metrics, images)
+            if a.save_samples:
+                extra_labels = torch.arange(a.save_samples) % run.teacher.nclass
+                np.save(os.path.join(a.out, "samples.npy"),
+                        to_uint8(self.one_step_images(run, extra_labels, temperature, a.seed)))
+                np.save(os.path.join(a.out, "labels.npy"), extra_labels.numpy())
+        metrics["seconds_evaluation"] = clock.seconds
+        return metrics
+
+    def score_extra(self, run, extra, labels, first, evaluator, score, metrics):
+        """Metrics of the extra one-step generators into metrics; -> their grid rows."""
+        rows, a = [], run.args
         for name, (model, t) in extra.items():
             extra_images = self.one_step_images(run, labels, t, a.seed, model)
             m = evaluator(extra_images, labels)
@@ -181,17 +219,7 @@ class ImageTask:
                             f"{name}_temperature": t})
             metrics.update({f"{k}_{name}": v for k, v in (score(extra_images, labels) if score else {}).items()})
             rows.append(extra_images[first])
-        rows += [images[first], teacher_one]
-        if not extra:                                                    # Di[M]O's row order: generator first
-            rows = [images[first], teacher_multi, teacher_one]
-        save_image_grid(torch.cat(rows), os.path.join(a.out, "samples.png"), nrow=len(first))
-        write_result(a.out, "generator_samples", metrics, images)
-        if a.save_samples:
-            extra_labels = torch.arange(a.save_samples) % run.teacher.nclass
-            np.save(os.path.join(a.out, "samples.npy"),
-                    to_uint8(self.one_step_images(run, extra_labels, temperature, a.seed)))
-            np.save(os.path.join(a.out, "labels.npy"), extra_labels.numpy())
-        return metrics
+        return rows
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -29,6 +29,9 @@ def test_default_image_distillation_outputs(image_run):
     assert samples.shape == (5, 32, 32, 3) and samples.dtype == np.uint8 and labels.tolist() == [0, 1, 2, 3, 4]
     assert (image_run / "samples.png").exists() and (image_run / "grid_000003.png").exists()
     assert m["teacher_sampler"]["steps"] == 16 and m["ranks_identical"]
+    assert set(m["seconds_evaluation"]) >= {"temperature tuning", "generator samples", "teacher samples",
+                                            "teacher metrics", "generator metrics"}
+    assert m["seconds_training"] > 0 and m["seconds_evaluation_total"] >= sum(m["seconds_evaluation"].values()) - 1
 
 
 def test_generator_sample_from_run(image_run, tmp_path):
