@@ -102,7 +102,7 @@ def dimo_loss(run, z, labels):
         x = sample_tokens(z.detach(), 1.0, rng)                          # distillation runs at temperature 1
         x_t, mask = random_mask(x, run.teacher.mask_id, a.schedule, rng)
         with run.rt.autocast():
-            run.teacher.train(getattr(a, "teacher_dropout", False))    # runs saved before the flag: eval mode
+            run.teacher.train(a.teacher_dropout)                         # --teacher-dropout: the official run
             z_teacher = guided_logits(run.teacher, x_t, labels, a.teacher_cfg)
             run.teacher.eval()                                           # its samples (grids, FID) never drop out
             z_aux = run.aux.logits(x_t, labels)

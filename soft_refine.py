@@ -217,6 +217,12 @@ def reward_term(run, z, labels):
     return -a.w_reward * total.mean(), dict(loss_reward=-total.mean().item())  # Soft-Di[M]O Sec. 2.5
 
 
+@torch.no_grad()
+def mean_reward(run, images, labels):
+    """The mean total reward of evaluated images (the monitor's and the final evaluation's), 4 decimals."""
+    return round(score(run.rewards, images, labels)[0].mean().item(), 4)
+
+
 def fid_monitor(task, a, temperature, n=500):
     """In-training FID (and class consistency, recall; the reward when there is one) of the EMA generator on n
     samples of seed 1 at a fixed temperature, logged every --eval-every steps: the 'along training' curves."""
@@ -230,8 +236,7 @@ def fid_monitor(task, a, temperature, n=500):
         m = evaluator(images, labels)
         out = {f"fid_{n}": m["fid"], f"class_acc_{n}": m["class_acc"], f"recall_{n}": m["recall"]}
         if run.rewards:
-            with torch.no_grad():
-                out[f"reward_{n}"] = round(score(run.rewards, images, labels)[0].mean().item(), 4)
+            out[f"reward_{n}"] = mean_reward(run, images, labels)
         return out
     return monitor
 
@@ -316,6 +321,11 @@ def build_parser():
     return p
 
 
+# Settings that runs saved before their flag existed lack (a --init run without --teacher-dropout, a soft run
+# without --reward): the values those runs had.
+SAVED_BEFORE_FLAGS = dict(teacher_dropout=False, reward=None, w_reward=1.0)
+
+
 def settings(a):
     """The run's settings: the --init run's (teacher, tokenizer, Di[M]O settings), overridden by the flags given
     here; this stage's preset defaults (config.PRESETS[...]['soft']) fill the rest in ``setup``."""
@@ -326,7 +336,7 @@ def settings(a):
     if init["args"].get("teacher") == "toy-vocab":
         raise UserError(f"--init {a.init} is a toy-vocab run; soft_refine.py needs an image teacher's run")
     flags = {k: v for k, v in vars(a).items() if v is not None}
-    s = SimpleNamespace(**dict(init["args"], **flags))
+    s = SimpleNamespace(**{**SAVED_BEFORE_FLAGS, **init["args"], **flags})
     s.init_step, s.resume, s.grid_every, s.save_samples, s.temperatures = init["step"], None, 0, 0, None
     return s, init, flags
 
@@ -414,7 +424,7 @@ def main(argv=None):
     a = build_parser().parse_args(argv)
     if a.resume:                                                         # the saved run's settings win
         resume = load_checkpoint(os.path.join(a.resume, "checkpoint.pt"), "run checkpoint")
-        saved = {"reward": None, "w_reward": 1.0, **resume["args"]}     # runs saved before --reward existed
+        saved = {**SAVED_BEFORE_FLAGS, **resume["args"]}
         s, flags = SimpleNamespace(**dict(saved, steps=a.steps or saved["steps"])), None
         s.device, s.out = a.device, a.resume
         init = load_checkpoint(os.path.join(s.init, "checkpoint.pt"), "--init run checkpoint")
@@ -428,11 +438,9 @@ def main(argv=None):
         init_ema = copy.deepcopy(run.ema)                               # the Di[M]O generator we started from
         init_ema.load_state_dict(init["ema"], strict=True)
 
-        def reward(images, labels):                                      # of the evaluated images themselves
-            with torch.no_grad():
-                return {"reward": round(score(run.rewards, images, labels)[0].mean().item(), 4)}
         m = task.evaluate(run, extra={"dimo": (init_ema, s.init_temperature)}, reuse=run.init_metrics,
-                          score=reward if run.rewards else None)
+                          score=(lambda images, labels: {"reward": mean_reward(run, images, labels)})
+                          if run.rewards else None)
         return dict(m, init=s.init, init_step=s.init_step, w_gan=s.w_gan, w_dimo=s.w_dimo, relax=s.relax,
                     r_max=s.r_max, d_backbone=s.d_backbone, d_layers=list(run.disc.layers), lr=s.lr, lr_d=s.lr_d,
                     reward=s.reward, w_reward=s.w_reward)

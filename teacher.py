@@ -382,10 +382,6 @@ def sampler_settings(args, preset):
     check_range("--randomize-temperature", s["randomize_temperature"], low=0)
     check_range("--guidance", s["guidance"], low=0)
     check_range("--scale-pow", s["scale_pow"], low=0, low_open=True)
-    if s["step_counts"] == "halton":                                  # fail now, not after a training run
-        g = get_preset(preset)["generator"]
-        grid = g["img_size"] // g.get("input_stride", 16)
-        halton_counts(s["steps"], grid * grid * g.get("codebook_splits", 1), s["schedule"])
     return s
 
 

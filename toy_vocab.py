@@ -67,7 +67,7 @@ def markov_joint(vocab, length, seed, sharpness=0.8):
 
 
 def family_joint(seed):
-    """One joint of the robustness family (``distill.py --teacher toy-vocab --sweep N``): V in 3-6, L in 3-5; a
+    """One joint of the robustness family (``python bench.py sweep --n N``): V in 3-6, L in 3-5; a
     mixture of 4-10 modes with Dirichlet(1) weights (unequal) and sharpness 0.7-0.95 (3 draws in 4) or a Markov
     chain of sharpness 0.5-0.9; half of them mixed with a uniform floor of up to 5 %.  -> (joint, description)."""
     rng = np.random.default_rng(10_000 + seed)
