@@ -4,7 +4,8 @@ README quotes; none is a test (they take minutes).
 
 * ``python bench.py step --teacher maskbit [distill.py flags]``: one full Di[M]O step (generator update + auxiliary
   update) against the sum of the passes it needs, each timed alone on the same batch.  The ratio step / sum says how
-  much the loop adds (goal: at most 1.15).
+  much the loop adds (goal: at most 1.15).  ``--versus=--compile`` (or ``--versus=--amp``): then full steps against a run
+  with those flags added, alternated, with the speed-up and the steps after which a compilation has paid for itself.
 * ``python bench.py sweep --n 12 [distill.py flags]``: distill.py's toy-vocab defaults on N joints of a broad family
   (``toy_vocab.family_joint``: V 3-6, L 3-5, mixtures of 4-10 unequal modes or Markov chains, optional uniform
   floor); per joint the generator's TV, the one-step teacher's TV and the exact sampler's floor.
@@ -91,14 +92,41 @@ def bench_step(run, repeats):
                 sum_of_passes=round(alone, 4), ratio=round(med["full step"] / alone, 3))
 
 
+def bench_versus(base, other, flags, repeats):
+    """Full steps of two runs that differ by flags (e.g. --compile, --amp), alternated, so that both see the same
+    machine.  The other run's first step carries any one-off cost (compilation): with the median steps it says after
+    how many steps the switch has paid for itself."""
+    def step(run):
+        t0 = time.perf_counter()
+        distill.generator_update(run, 0, draw_r_init(run.args.r_init, run.rng), run.args.sigma_init)
+        distill.aux_update(run, 0, run.args.sigma_init)
+        return time.perf_counter() - t0
+    times = {"base": [], "other": []}
+    for _ in range(repeats + 1):
+        times["base"].append(step(base))
+        times["other"].append(step(other))
+    med = {name: float(np.median(t[1:])) for name, t in times.items()}
+    saved = med["base"] - med["other"]
+    return dict(teacher=base.args.teacher, batch_size=base.args.batch_size, repeats=repeats, versus=flags,
+                step_s=round(med["base"], 4), step_s_versus=round(med["other"], 4),
+                speedup=round(med["base"] / med["other"], 3), first_step_s_versus=round(times["other"][0], 1),
+                break_even_steps=round((times["other"][0] - med["other"]) / saved) if saved > 0 else None)
+
+
 def main_step(argv):
     parser = ArgumentParser(prog="bench.py step", description="a distillation step vs the sum of its passes")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up round")
+    parser.add_argument("--versus", metavar="FLAGS", help="then full steps against a run with these distill.py flags "
+                        "added, alternated, e.g. --versus=--compile or --versus=--amp (training steps only; evaluation "
+                        "would compile again for its own batch sizes)")
     args, rest = parser.parse_known_args(argv)
     check_range("--repeats", args.repeats, low=1)
     a = distill.build_parser().parse_args(rest)
     run, _ = distill.setup_run(a)
     print(json.dumps(bench_step(run, args.repeats)))
+    if args.versus:
+        other, _ = distill.setup_run(distill.build_parser().parse_args(rest + args.versus.split()))
+        print(json.dumps(bench_versus(run, other, args.versus, args.repeats)))
 
 
 # ----------------------------------------------------------------------------------------------------------------

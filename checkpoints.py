@@ -18,9 +18,12 @@
 
   A missing file, a file of another model or preset, or a shape mismatch is one ``UserError`` line naming the
   file, the preset and the first offending keys.  Nothing is ever partially loaded.
+* ``fingerprint(*parts)``: a sha256 of strings, tensors and modules' weights, the key of the exact caches (tokenized
+  real images, the teacher's reference metrics): a changed weight, setting or datum gives another key.
 
 Run ``python checkpoints.py PATH`` to see what a checkpoint file holds.
 """
+import hashlib
 import os
 import pickle
 import re
@@ -50,6 +53,21 @@ def save_checkpoint(obj, path):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def fingerprint(*parts):
+    """sha256 hex digest of parts: str (its UTF-8), tensor (its raw bytes, any dtype) or module (its state dict's
+    names and tensors in sorted order)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, str):
+            digest.update(part.encode())
+            continue
+        items = sorted(part.state_dict().items()) if isinstance(part, torch.nn.Module) else [("", part)]
+        for name, tensor in items:
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_checkpoint(path, what="checkpoint"):

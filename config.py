@@ -46,8 +46,8 @@ RELEASED_TEMPS = "1,2,3,4,5,6,7,8,9"
 # smoothing 0.1, r_init 0.6, sigma_init 0.1, teacher CFG 2 in our w form).  Soft-Di[M]O does not publish its MaskBit
 # distillation settings, so the MaskBit presets use the same values.
 DISTILL_RELEASED = dict(steps=30000, batch_size=64, lr=1e-5, lr_aux=1e-5, normalisation="sum", label_smoothing=0.1,
-                        r_init=0.6, sigma_init=0.1, teacher_cfg=2.0, gen_temperature=1.0,
-                        tune_temperature=RELEASED_TEMPS)
+                        r_init=0.6, sigma_init=0.1, teacher_cfg=2.0, gen_temperature=1.0, aux_updates=1,
+                        lr_decay=0.0, tune_temperature=RELEASED_TEMPS)
 
 # Soft-Di[M]O (soft_refine.py) on a released teacher: the paper's longer MaskBit run (lr 5e-7, w_GAN 200, AdamW
 # weight decay 0.01), the only published recipe; the discriminator's lr and the step count are ours.
@@ -118,8 +118,8 @@ PRESETS["maskbit-toy"] = dict(
                  guidance=3.0, guidance_anneal="cosine", scale_pow=3.0, step_counts="maskbit", noise_anneal="maskbit"),
     # measured here (README): lr 2e-4 / 2e-3 was the best of 7 settings; the temperature optimum is 0.2-0.3
     distill=dict(steps=1400, batch_size=32, lr=2e-4, lr_aux=2e-3, normalisation="sum", label_smoothing=0.1,
-                 r_init=0.6, sigma_init=0.1, teacher_cfg=2.0, gen_temperature=1.0,
-                 tune_temperature="0.1,0.15,0.2,0.3,0.45,0.6,0.8,1"),
+                 r_init=0.6, sigma_init=0.1, teacher_cfg=2.0, gen_temperature=1.0, aux_updates=1, lr_decay=0.0,
+                 tune_temperature="0.1,0.15,0.2,0.3"),
     # soft_refine.py, measured here (README): the GAN judges softmax(z / 0.2), the temperature the Di[M]O run tunes,
     # and a GAN-refined generator samples best at 0.05-0.15, hence its own grid.
     soft=dict(steps=400, lr=1e-4, lr_aux=None, lr_d=1e-3, w_gan=10.0, weight_decay=0.0, d_warmup=300,

@@ -217,10 +217,11 @@ def train(run):
                disable=not ddp.is_main())
     t0 = time.time()
     for step in bar:
-        lr_scale = min(1.0, (step + 1) / a.warmup) if a.warmup > 0 else 1.0  # constant lr after linear warm-up
-        for opt, lr in ((run.opt_g, a.lr), (run.opt_aux, a.lr_aux)):
+        lr_scale = min(1.0, (step + 1) / a.warmup) if a.warmup > 0 else 1.0  # linear warm-up, then constant ...
+        decay = min(1.0, (a.steps - step) / (a.lr_decay * a.steps)) if a.lr_decay > 0 else 1.0  # ... or to 0
+        for opt, lr in ((run.opt_g, a.lr * lr_scale * decay), (run.opt_aux, a.lr_aux * lr_scale)):
             for group in opt.param_groups:
-                group["lr"] = lr * lr_scale
+                group["lr"] = lr
         r_init, sigma = draw_r_init(a.r_init, rng), sigma_at(a.sigma_init, step, a.sigma_warmup)
         try:
             stats = dict(generator_update(run, step, r_init, sigma), **aux_update(run, step, sigma))
@@ -237,7 +238,7 @@ def train(run):
             stats = dict(skipped=True)
         done = step + 1
         if log is not None and (step % a.log_every == 0 or done == a.steps):
-            record = dict(step=done, r_init=round(r_init, 3), sigma=sigma, lr=a.lr * lr_scale,
+            record = dict(step=done, r_init=round(r_init, 3), sigma=sigma, lr=a.lr * lr_scale * decay,
                           seconds=round(time.time() - t0, 1), **{k: round(v, 6) for k, v in stats.items()})
             if run.task.monitor is not None and (step % a.eval_every == 0 or done == a.steps):
                 record.update(run.task.monitor(run))
@@ -273,9 +274,12 @@ def build_parser():
     p.add_argument("--lr", type=float, help="generator learning rate (Adam, constant after warm-up)")
     p.add_argument("--lr-aux", type=float, help="auxiliary-model learning rate (default: --lr)")
     p.add_argument("--warmup", type=int, default=100, help="linear learning-rate warm-up steps")
+    p.add_argument("--lr-decay", type=float, help="the generator's lr decays linearly to 0 over this final fraction "
+                   "of the steps (0: constant, the paper's; default per teacher); the auxiliary model's stays, so "
+                   "that it keeps up with the generator")
     p.add_argument("--clip", type=float, default=1.0, help="generator gradient-norm clipping (0: off)")
     p.add_argument("--ema", type=float, default=0.9999, help="EMA decay of the generator (with warm-up)")
-    p.add_argument("--aux-updates", type=int, default=1, help="auxiliary updates per generator update")
+    p.add_argument("--aux-updates", type=int, help="auxiliary updates per generator update (default per teacher)")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per update (memory: batch / K)")
     p.add_argument("--ema-cpu", action="store_true", help="keep the generator's EMA copy in CPU memory")
     p.add_argument("--divergence", default="fkl", help="fkl | rkl | jeffreys")
@@ -295,9 +299,16 @@ def build_parser():
     p.add_argument("--eval-n", type=int, help="samples per final measurement")
     p.add_argument("--eval-data", help="held-out images for FID: 'toy' (default for bundled teachers) or a folder")
     p.add_argument("--features", help="feature network for FID (default: assets/eval_features.pt)")
+    p.add_argument("--cache", default="runs/cache", help="exact cache of the teacher's reference metrics, keyed by "
+                   "weights, sampler, n, seed and scorer ('': recompute them)")
     p.add_argument("--save-samples", type=int, default=0, help="also save this many samples as .npy")
     p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--eval-every", type=int, default=200, help="in-training monitor (toy-vocab TV) every N steps")
+    p.add_argument("--eval-every", type=int, default=200, help="in-training monitor (toy-vocab TV; image FID with "
+                   "--monitor-n) every N steps")
+    p.add_argument("--monitor-n", type=int, default=0, help="image teachers: in-training FID of the EMA generator "
+                   "on N samples (0: off)")
+    p.add_argument("--monitor-temperature", type=float, help="its fixed sampling temperature (default: "
+                   "--gen-temperature; the tuned one is only known at the end)")
     p.add_argument("--grid-every", type=int, default=0, help="side-by-side sample grid every N steps (0: end)")
     p.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps (and at the end)")
     runtime_args(p)
@@ -318,7 +329,7 @@ def check_args(a):
     for name in ("steps", "batch_size", "aux_updates", "grad_accum", "log_every", "eval_every", "save_every",
                  "eval_n"):
         check_range("--" + name.replace("_", "-"), getattr(a, name), low=1)
-    for name in ("warmup", "sigma_warmup", "save_samples", "grid_every", "mdm_steps"):
+    for name in ("warmup", "sigma_warmup", "save_samples", "grid_every", "mdm_steps", "monitor_n"):
         check_range("--" + name.replace("_", "-"), getattr(a, name), low=0)
     check_range("--lr", a.lr, low=0, low_open=True)
     check_range("--lr-aux", a.lr_aux, low=0, low_open=True)
@@ -327,7 +338,12 @@ def check_args(a):
     check_range("--label-smoothing", a.label_smoothing, 0, 1, high_open=True)
     check_range("--teacher-cfg", a.teacher_cfg, low=0)
     check_range("--gen-temperature", a.gen_temperature, low=0, low_open=True)
+    if a.monitor_n > 0 and a.teacher == "toy-vocab":
+        raise UserError("--monitor-n is for image teachers; toy-vocab monitors TV every --eval-every steps anyway")
+    if a.monitor_temperature is not None:
+        check_range("--monitor-temperature", a.monitor_temperature, low=0, low_open=True)
     check_range("--clip", a.clip, low=0)
+    check_range("--lr-decay", a.lr_decay, 0, 1)
     a.temperatures = [check_range("--tune-temperature", float(t), low=0, low_open=True)
                       for t in a.tune_temperature.split(",") if t.strip()] if a.tune_temperature else []
 
@@ -348,6 +364,8 @@ def setup_run(a):
     check_args(a)
     torch.manual_seed(a.seed * 1000 + ddp.rank())                       # dropout's stream (checkpointed: torch_rng)
     run = task.setup(a, rt)
+    if a.monitor_n > 0:                                                  # image teachers: FID along training
+        task.monitor = task.fid_monitor(a, a.monitor_temperature or a.gen_temperature, a.monitor_n)
     rng = torch.Generator().manual_seed(a.seed * 1000 + ddp.rank())      # per-rank stream
     run.rng, run.step = rng, 0
     if resume is not None:

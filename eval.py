@@ -207,6 +207,28 @@ def teacher_images(teacher, tokenizer, labels, settings, seed, batch=500):
     return torch.cat(out)
 
 
+def timed(fn, device):
+    """(seconds, fn()), with CUDA synchronised around the call."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, out
+
+
+@torch.no_grad()
+def teacher_images_per_s(teacher, settings, batch_size=64):
+    """The machine's speed reference that `eval.py speed` prints (teacher images/s at its sampler on one batch of
+    64), timed once after a small warm-up: distill.py records it beside its wall-clock times."""
+    device = teacher.pos_emb.device
+    run = lambda n: sample(teacher, torch.arange(n, device=device) % teacher.nclass,
+                           generator=torch.Generator(device).manual_seed(0), **settings)
+    run(8)
+    return round(batch_size / timed(lambda: run(batch_size), device)[0], 2)
+
+
 def pair_args(parser):
     parser.add_argument("--teacher", default="maskbit", help="preset (python config.py lists them)")
     parser.add_argument("--teacher-ckpt", help="teacher weights (default: the bundled ones, if any)")
@@ -287,15 +309,6 @@ def main_speed(argv):
     gen = make_generator(teacher).eval()
     labels = torch.arange(args.batch_size, device=rt.device) % teacher.nclass
 
-    def timed(fn):
-        if rt.device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        out = fn()
-        if rt.device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0, out
-
     run_teacher = lambda: sample(teacher, labels, generator=torch.Generator(rt.device).manual_seed(0), **settings)
     init = get_preset(preset)["distill"]                               # the generator's inference settings
     run_gen = lambda: generate(gen, labels, init["r_init"], init["sigma_init"], init["gen_temperature"],
@@ -303,9 +316,9 @@ def main_speed(argv):
     run_teacher(), run_gen()                                            # warm-up
     t_teacher, t_gen = [], []
     for _ in range(args.repeats):                                       # alternate, so both see the same machine
-        t_teacher.append(timed(run_teacher)[0])
-        t_gen.append(timed(run_gen)[0])
-    t_decode, _ = timed(lambda: tokens_to_images(teacher, tokenizer, run_gen()))
+        t_teacher.append(timed(run_teacher, rt.device)[0])
+        t_gen.append(timed(run_gen, rt.device)[0])
+    t_decode, _ = timed(lambda: tokens_to_images(teacher, tokenizer, run_gen()), rt.device)
     tt, tg = float(np.median(t_teacher)), float(np.median(t_gen))
     passes = 1 if settings["guidance"] == 1 else 2
     print(json.dumps(dict(teacher=preset, batch_size=args.batch_size, teacher_steps=settings["steps"],

@@ -223,24 +223,6 @@ def mean_reward(run, images, labels):
     return round(score(run.rewards, images, labels)[0].mean().item(), 4)
 
 
-def fid_monitor(task, a, temperature, n=500):
-    """In-training FID (and class consistency, recall; the reward when there is one) of the EMA generator on n
-    samples of seed 1 at a fixed temperature, logged every --eval-every steps: the 'along training' curves."""
-    evaluator = task.evaluator(a)                                        # the final evaluation's, built once
-    if evaluator is None:
-        return None
-    labels = torch.arange(n) % task.teacher.nclass
-
-    def monitor(run):
-        images = task.one_step_images(run, labels, temperature, 1)
-        m = evaluator(images, labels)
-        out = {f"fid_{n}": m["fid"], f"class_acc_{n}": m["class_acc"], f"recall_{n}": m["recall"]}
-        if run.rewards:
-            out[f"reward_{n}"] = mean_reward(run, images, labels)
-        return out
-    return monitor
-
-
 def d_step(run, fake, lr, step):
     """One discriminator step: softplus(D(fake)) + softplus(-D(real)) on a batch of real images tokenized once."""
     a, rng = run.args, run.rng
@@ -288,7 +270,8 @@ def build_parser():
     p.add_argument("--out", default="runs/soft", help="output folder")
     p.add_argument("--resume", metavar="DIR", help="continue the soft_refine.py run saved in DIR")
     p.add_argument("--data", help="real images: 'toy' (default for the bundled pair) or a folder root/<class>/*.png")
-    p.add_argument("--cache", default="runs/cache", help="where tokenized real images are cached")
+    p.add_argument("--cache", default="runs/cache", help="exact caches: tokenized real images, the "
+                   "teacher's reference metrics ('': recompute them)")
     p.add_argument("--steps", type=int, help="generator updates (default per preset)")
     p.add_argument("--batch-size", type=int, help="per-process batch (default: the --init run's)")
     p.add_argument("--lr", type=float, help="generator learning rate (default per preset)")
@@ -323,7 +306,7 @@ def build_parser():
 
 # Settings that runs saved before their flag existed lack (a --init run without --teacher-dropout, a soft run
 # without --reward): the values those runs had.
-SAVED_BEFORE_FLAGS = dict(teacher_dropout=False, reward=None, w_reward=1.0)
+SAVED_BEFORE_FLAGS = dict(teacher_dropout=False, reward=None, w_reward=1.0, lr_decay=0.0, monitor_temperature=None)
 
 
 def settings(a):
@@ -338,6 +321,7 @@ def settings(a):
     flags = {k: v for k, v in vars(a).items() if v is not None}
     s = SimpleNamespace(**{**SAVED_BEFORE_FLAGS, **init["args"], **flags})
     s.init_step, s.resume, s.grid_every, s.save_samples, s.temperatures = init["step"], None, 0, 0, None
+    s.lr_decay = 0.0                                                     # this stage's lr: constant after warm-up
     return s, init, flags
 
 
@@ -410,9 +394,11 @@ def setup(a, init, resume, flags=None):
     run.extra_state = dict(disc=run.disc, opt_disc=run.opt_d)
     run.rng, run.step = torch.Generator().manual_seed(a.seed * 1000 + ddp.rank()), 0
     path = os.path.join(a.init, "metrics.json")                         # the Di[M]O run's final evaluation
-    run.init_metrics = json.load(open(path)) if os.path.isfile(path) else {}
-    a.init_temperature = run.init_metrics.get("gen_temperature", a.gen_temperature)  # as that run tuned it
-    task.monitor = fid_monitor(task, a, a.init_temperature, a.monitor_n) if a.monitor_n > 0 else None
+    init_metrics = json.load(open(path)) if os.path.isfile(path) else {}
+    a.init_temperature = init_metrics.get("gen_temperature", a.gen_temperature)  # as that run tuned it
+    run.reward_metric = (lambda images, labels: {"reward": mean_reward(run, images, labels)}) if rewards else None
+    task.monitor = task.fid_monitor(a, a.init_temperature, a.monitor_n, run.reward_metric) \
+        if a.monitor_n > 0 else None
     if resume is not None:
         distill.restore(run, resume)
     elif a.w_gan > 0:
@@ -438,9 +424,7 @@ def main(argv=None):
         init_ema = copy.deepcopy(run.ema)                               # the Di[M]O generator we started from
         init_ema.load_state_dict(init["ema"], strict=True)
 
-        m = task.evaluate(run, extra={"dimo": (init_ema, s.init_temperature)}, reuse=run.init_metrics,
-                          score=(lambda images, labels: {"reward": mean_reward(run, images, labels)})
-                          if run.rewards else None)
+        m = task.evaluate(run, extra={"dimo": (init_ema, s.init_temperature)}, score=run.reward_metric)
         return dict(m, init=s.init, init_step=s.init_step, w_gan=s.w_gan, w_dimo=s.w_dimo, relax=s.relax,
                     r_max=s.r_max, d_backbone=s.d_backbone, d_layers=list(run.disc.layers), lr=s.lr, lr_d=s.lr_d,
                     reward=s.reward, w_reward=s.w_reward)

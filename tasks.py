@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 import ddp
+from checkpoints import fingerprint, load_checkpoint, save_checkpoint
 from config import PRESETS, UserError, get_preset
 from data import save_image_grid, to_uint8
-from eval import Evaluator, teacher_images, write_result
+from eval import Evaluator, teacher_images, teacher_images_per_s, write_result
 from generator import draw_r_init, generate, generator_logits, make_generator
 from masking import random_mask
 from teacher import load_pair, tokens_to_images
@@ -34,8 +35,12 @@ from toy_vocab import OracleTeacher, ToyTransformer, check_joint, empirical, pre
     reference_tvs, total_variation
 
 IMAGE_DEFAULTS = dict(eval_n=2000)
-TOY_VOCAB_DEFAULTS = dict(steps=1500, batch_size=256, lr=3e-4, lr_aux=1e-3, normalisation="mean", label_smoothing=0.0,
-                          eval_n=20000, r_init="0.5", sigma_init=0.1, teacher_cfg=1.0, gen_temperature=1.0)
+# measured here (README, toy-vocab section): 2 auxiliary updates at 3x the lr of one and the generator's lr decayed
+# over the second half keep the auxiliary model up with the generator (a lagging one over-sharpens it); 100k samples
+# bring the sampling floor of TV down to about 0.02 for 1000 outcomes
+TOY_VOCAB_DEFAULTS = dict(steps=1500, batch_size=256, lr=3e-4, lr_aux=3e-3, normalisation="mean", label_smoothing=0.0,
+                          eval_n=100000, r_init="0.5", sigma_init=0.1, teacher_cfg=1.0, gen_temperature=1.0,
+                          aux_updates=2, lr_decay=0.5)
 
 
 def fill(a, defaults, source):
@@ -112,6 +117,23 @@ class ImageTask:
         run.task = self
         return run
 
+    def fid_monitor(self, a, temperature, n, score=None):
+        """In-training FID, class consistency and recall (plus score(images, labels)'s metrics, e.g. a reward)
+        of the EMA generator on n samples of seed 1 at a fixed temperature, logged every --eval-every steps: the
+        'along training' curves.  None without held-out data."""
+        evaluator = self.evaluator(a)                                    # the final evaluation's, built once
+        if evaluator is None:
+            return None
+        labels = torch.arange(n) % self.teacher.nclass
+
+        def monitor(run):
+            images = self.one_step_images(run, labels, temperature, 1)
+            m = evaluator(images, labels)
+            out = {f"fid_{n}": m["fid"], f"class_acc_{n}": m["class_acc"], f"recall_{n}": m["recall"]}
+            out.update({f"{k}_{n}": v for k, v in (score(images, labels) if score else {}).items()})
+            return out
+        return monitor
+
     def one_step_images(self, run, labels, temperature, seed, model=None):
         model, g = model or run.ema, torch.Generator().manual_seed(seed)
         out = []
@@ -140,15 +162,14 @@ class ImageTask:
             self._evaluator = Evaluator(data, n_ref=5000, **features) if data is not None else None
         return self._evaluator
 
-    def evaluate(self, run, extra=None, reuse=None, score=None):
+    def evaluate(self, run, extra=None, score=None):
         """FID / class consistency against held-out images (toy data for the bundled teacher, --eval-data
         otherwise).  Released presets without --eval-data: samples as .npz for the ADM evaluator.
         extra: {name: (model, temperature)}, more one-step generators scored beside run.ema at a fixed temperature
-        (soft_refine.py: the Di[M]O generator it started from).  reuse: an earlier metrics dict whose teacher rows
-        are taken as they are when it was measured with the same teacher, sampler, data, feature network, n and
-        seed (sampling is deterministic, so they are exact; the caller vouches that the checkpoints are the same).
-        score: fn(images, labels) -> {metric: value}, more metrics of each one-step generator's evaluated images
-        (soft_refine.py: the reward), stored as '<metric>_generator' and '<metric>_<extra name>'."""
+        (soft_refine.py: the Di[M]O generator it started from).  The teacher's rows come from --cache when they
+        were measured before (``teacher_reference``).  score: fn(images, labels) -> {metric: value}, more metrics of
+        each one-step generator's evaluated images (soft_refine.py: the reward), stored as '<metric>_generator' and
+        '<metric>_<extra name>'."""
         a, extra, clock = run.args, extra or {}, Stopwatch()
         labels = torch.arange(a.eval_n) % run.teacher.nclass
         common = dict(teacher_preset=self.preset, teacher_sampler=self.sampler, eval_n=a.eval_n, seed=a.seed,
@@ -171,25 +192,27 @@ class ImageTask:
         first = [int(torch.nonzero(labels == c)[0]) for c in range(min(8, run.teacher.nclass))]
         on_device = labels.to(run.rt.device)
         key = dict(common, **evaluator.info)
-        reused = reuse is not None and all(json.dumps(reuse.get(k)) == json.dumps(key[k]) for k in
-                                           ("teacher_preset", "teacher_sampler", "eval_n", "seed", "data", "features"))
+        cache_path, cached = self.teacher_reference(run, evaluator)
         with run.rt.autocast(), clock("teacher samples"):               # the grid's teacher rows: first of a class
-            teacher_labels = on_device[first] if reused else on_device
+            teacher_labels = on_device[first] if cached else on_device
             teacher_multi = teacher_images(run.teacher, self.tokenizer, teacher_labels, self.sampler, a.seed)
             teacher_one = teacher_images(run.teacher, self.tokenizer, teacher_labels, dict(self.sampler, steps=1),
                                          a.seed)
         with clock("teacher metrics"):
-            if reused:
-                t_m, t1_m = reuse["teacher"], reuse["teacher_1step"]
+            if cached:
+                t_m, t1_m = cached["teacher"], cached["teacher_1step"]
             else:
                 t_m, t1_m = evaluator(teacher_multi, labels), evaluator(teacher_one, labels)
                 teacher_multi, teacher_one = teacher_multi[first], teacher_one[first]
+                if cache_path:
+                    save_checkpoint(dict(teacher=t_m, teacher_1step=t1_m), cache_path)
         with clock("generator metrics"):
             gen_m = evaluator(images, labels)
         metrics = dict(fid_generator=gen_m["fid"], fid_teacher=t_m["fid"], fid_teacher_1step=t1_m["fid"],
                        class_acc_generator=gen_m["class_acc"], class_acc_teacher=t_m["class_acc"],
                        class_acc_teacher_1step=t1_m["class_acc"], generator=gen_m, teacher=t_m, teacher_1step=t1_m,
-                       gen_temperature=temperature, temperature_tuning_fid=tuning, teacher_rows_reused=reused,
+                       gen_temperature=temperature, temperature_tuning_fid=tuning,
+                       teacher_rows_cached=cache_path if cached else False,
                        **key)
         metrics.update({f"{k}_generator": v for k, v in (score(images, labels) if score else {}).items()})
         rows = [teacher_multi]
@@ -206,8 +229,24 @@ class ImageTask:
                 np.save(os.path.join(a.out, "samples.npy"),
                         to_uint8(self.one_step_images(run, extra_labels, temperature, a.seed)))
                 np.save(os.path.join(a.out, "labels.npy"), extra_labels.numpy())
+        with run.rt.autocast(), clock("speed reference"):               # beside the run's times: the machine's speed
+            metrics["speed_teacher_images_per_s"] = teacher_images_per_s(run.teacher, self.sampler)
         metrics["seconds_evaluation"] = clock.seconds
         return metrics
+
+    def teacher_reference(self, run, evaluator):
+        """-> (path, its metrics or None).  The teacher's rows (FID and class consistency at its sampler and at one
+        step) are deterministic given its weights, the tokenizer's, the sampler, n, seed, device type, autocast and
+        the scorer (feature network, reference features), so a file keyed by all of them is exact: any change is
+        another key, and recomputed.  path is None when --cache is ''."""
+        a = run.args
+        if not a.cache:
+            return None, None
+        settings = json.dumps(dict(sampler=self.sampler, eval_n=a.eval_n, seed=a.seed, nclass=run.teacher.nclass,
+                                   device=run.rt.device.type, amp=run.rt.amp), sort_keys=True)
+        key = fingerprint(settings, run.teacher, self.tokenizer, evaluator.net, evaluator.ref_features)
+        path = os.path.join(a.cache, f"teacher_reference-{key[:16]}.pt")
+        return path, load_checkpoint(path, "teacher reference cache") if os.path.isfile(path) else None
 
     def score_extra(self, run, extra, labels, first, evaluator, score, metrics):
         """Metrics of the extra one-step generators into metrics; -> their grid rows."""

@@ -22,7 +22,6 @@ only, as in Di[M]O's auxiliary loss (MaskBit's MLMLoss averages over every entry
 Both write self-describing checkpoints atomically (``checkpoints.own_checkpoint``) and are deterministic for a seed.
 """
 import copy
-import hashlib
 import math
 import os
 import time
@@ -31,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from checkpoints import load_checkpoint, load_model, own_checkpoint, save_checkpoint
+from checkpoints import fingerprint, load_checkpoint, load_model, own_checkpoint, save_checkpoint
 from config import ArgumentParser, UserError, check_range, get_preset, runtime
 from data import load_images
 from masking import random_mask
@@ -133,13 +132,9 @@ def tokenize(tokenizer, teacher, images, device, batch=250):
 
 def real_tokens(tokenizer, teacher, data, cache_dir, device, save=True):
     """Real images -> tokens [n, N, S] and labels [n], tokenized once and cached under a key of the tokenizer's
-    weights and the data (a changed tokenizer or folder is tokenized anew)."""
-    digest = hashlib.sha256(data.encode())
-    for name, tensor in sorted(tokenizer.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    path = os.path.join(cache_dir, f"real_tokens-{digest.hexdigest()[:16]}.pt")
-    if os.path.isfile(path):
+    weights and the data (a changed tokenizer or folder is tokenized anew); cache_dir '' caches nothing."""
+    path = os.path.join(cache_dir, f"real_tokens-{fingerprint(data, tokenizer)[:16]}.pt") if cache_dir else None
+    if path and os.path.isfile(path):
         cached = load_checkpoint(path, "token cache")
         return cached["tokens"], cached["labels"]
     images, labels, nclass = load_images(data, "train")
@@ -151,7 +146,7 @@ def real_tokens(tokenizer, teacher, data, cache_dir, device, save=True):
                         f"tokenizer expects {size}x{size}; resize them")
     with torch.no_grad():
         tokens = tokenize(tokenizer.eval(), teacher, images, device)
-    if save:                                                             # one writer under DDP
+    if save and path:                                                    # one writer under DDP
         save_checkpoint(dict(tokens=tokens, labels=labels, data=data), path)
     return tokens, labels
 

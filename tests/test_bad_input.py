@@ -43,7 +43,7 @@ def files(tmp_path_factory):
             Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(d / "small" / f"c{c}" / f"{k}.png")
     import distill
     distill.main(["--teacher", "maskbit", "--steps", "1", "--batch-size", "2", "--eval-n", "10", "--tune-temperature",
-                  "", "--device", "cpu", "--out", str(d / "dimo")])        # a tiny Di[M]O run for soft_refine.py
+                  "", "--device", "cpu", "--out", str(d / "dimo"), "--cache", str(d / "cache")])  # for soft_refine.py
     return d
 
 
@@ -68,6 +68,11 @@ CASES = [  # (id, argv with {d} for the fixture folder, a fragment the message m
     ("tune temperature negative", TOY + ["--tune-temperature", "0.5,-1"], "--tune-temperature = -1.0"),
     ("label smoothing 1", TOY + ["--label-smoothing", "1"], "--label-smoothing = 1.0"),
     ("grad accum 0", TOY + ["--grad-accum", "0"], "--grad-accum = 0"),
+    ("lr decay above 1", TOY + ["--lr-decay", "1.5"], "--lr-decay = 1.5"),
+    ("aux updates 0", TOY + ["--aux-updates", "0"], "--aux-updates = 0"),
+    ("monitor-n on toy-vocab", TOY + ["--monitor-n", "100"], "--monitor-n is for image teachers"),
+    ("monitor temperature 0", ["distill.py", "--teacher", "maskbit", "--monitor-n", "10", "--monitor-temperature",
+                               "0"], "--monitor-temperature = 0.0"),
     ("normalisation", TOY + ["--normalisation", "median"], "invalid choice: 'median'"),
     ("not a number", TOY + ["--lr", "fast"], "invalid float value: 'fast'"),
     ("joint negative", TOY + ["--joint", "{d}/negative.npy"], "negative or non-finite"),

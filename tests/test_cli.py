@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import distill
 import eval as evaluation
@@ -16,7 +17,8 @@ def image_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("maskbit_run")
     distill.main(["--teacher", "maskbit", "--steps", "3", "--batch-size", "8", "--eval-n", "60",
                   "--tune-temperature", "0.5,1.0", "--save-samples", "5", "--grid-every", "3", "--device", "cpu",
-                  "--out", str(out)])
+                  "--out", str(out), "--cache", str(out / "cache"), "--monitor-n", "30", "--monitor-temperature", "0.5",
+                  "--log-every", "1", "--eval-every", "2"])
     return out
 
 
@@ -32,6 +34,39 @@ def test_default_image_distillation_outputs(image_run):
     assert set(m["seconds_evaluation"]) >= {"temperature tuning", "generator samples", "teacher samples",
                                             "teacher metrics", "generator metrics"}
     assert m["seconds_training"] > 0 and m["seconds_evaluation_total"] >= sum(m["seconds_evaluation"].values()) - 1
+    assert m["speed_teacher_images_per_s"] > 0
+    log = [json.loads(line) for line in open(image_run / "log.jsonl")]
+    assert [r["step"] for r in log if "fid_30" in r] == [1, 3]               # --monitor-n 30, every 2 steps and the end
+    assert all(r["fid_30"] > 0 and 0 <= r["class_acc_30"] <= 1 for r in log if "fid_30" in r)
+
+
+def test_teacher_reference_cache_is_exact_and_keyed(image_run, tmp_path):
+    """A rerun takes the teacher's rows from the cache, equal to the computed ones; a changed sampler setting, seed or
+    n is another key and is computed anew."""
+    first = json.load(open(image_run / "metrics.json"))
+    common = ["--teacher", "maskbit", "--steps", "1", "--batch-size", "4", "--tune-temperature", "", "--device", "cpu",
+              "--cache", str(image_run / "cache")]
+    distill.main(common + ["--eval-n", "60", "--out", str(tmp_path / "hit")])
+    hit = json.load(open(tmp_path / "hit" / "metrics.json"))
+    assert not first["teacher_rows_cached"] and hit["teacher_rows_cached"].startswith(str(image_run / "cache"))
+    assert (hit["teacher"], hit["teacher_1step"]) == (first["teacher"], first["teacher_1step"])
+    assert hit["fid_generator"] != first["fid_generator"]                # the generator itself is not cached
+    distill.main(common + ["--eval-n", "50", "--out", str(tmp_path / "miss")])
+    miss = json.load(open(tmp_path / "miss" / "metrics.json"))
+    assert not miss["teacher_rows_cached"] and miss["teacher"]["n"] == 50
+    assert len(list((image_run / "cache").glob("teacher_reference-*.pt"))) == 2
+
+
+def test_fingerprint_keys_on_every_byte():
+    from checkpoints import fingerprint
+    net = torch.nn.Linear(3, 2)
+    before = fingerprint("a", net, torch.ones(2, dtype=torch.bfloat16))
+    assert before == fingerprint("a", net, torch.ones(2, dtype=torch.bfloat16))
+    assert before != fingerprint("b", net, torch.ones(2, dtype=torch.bfloat16))
+    assert before != fingerprint("a", net, torch.ones(2, dtype=torch.float32))
+    with torch.no_grad():
+        net.bias[0] += 1e-7
+    assert before != fingerprint("a", net, torch.ones(2, dtype=torch.bfloat16))
 
 
 def test_generator_sample_from_run(image_run, tmp_path):
@@ -72,7 +107,7 @@ def test_temperature_grid_is_per_preset():
     a = distill.build_parser().parse_args(["--teacher", "maskbit"])
     build_task(a, runtime("cpu"))
     assert a.tune_temperature == PRESETS["maskbit-toy"]["distill"]["tune_temperature"]
-    assert max(map(float, a.tune_temperature.split(","))) == 1.0
+    assert max(map(float, a.tune_temperature.split(","))) < 1.0
     assert 7.0 in map(float, RELEASED_TEMPS.split(",")) and PRESETS["maskgit"]["distill"]["tune_temperature"]
 
 
@@ -114,6 +149,12 @@ def test_bench_step_and_sweep(tmp_path, capsys):
                                    "full step"}
     assert row["ratio"] > 0.5 and row["sum_of_passes"] == pytest.approx(sum(
         v for k, v in row["seconds"].items() if k != "full step"), abs=1e-3)
+    capsys.readouterr()
+    bench.main(["step", "--repeats", "2", "--teacher", "maskbit", "--batch-size", "4", "--device", "cpu",
+                "--versus=--amp"])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["versus"] == "--amp" and row["step_s"] > 0 and row["step_s_versus"] > 0
+    assert row["speedup"] == pytest.approx(row["step_s"] / row["step_s_versus"], rel=1e-2)
     bench.main(["sweep", "--n", "2", "--first", "3", "--out", str(tmp_path), "--steps", "3", "--mdm-steps", "3",
                 "--eval-n", "300"])
     sweep = json.load(open(tmp_path / "sweep.json"))

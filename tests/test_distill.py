@@ -133,6 +133,18 @@ def test_toy_vocab_distillation_drops_tv(tmp_path):
     assert m["tv_teacher_multistep"] < 0.05
 
 
+def test_lr_decay_reaches_the_generator_only(tmp_path):
+    """--lr-decay 0.5 over 10 steps: the generator's lr is constant up to step 5, then falls linearly to lr / 5 at the
+    last step; the auxiliary model's lr stays where it was."""
+    main(["--teacher", "toy-vocab", "--vocab", "3", "--length", "2", "--steps", "10", "--batch-size", "8",
+          "--mdm-steps", "5", "--eval-n", "100", "--warmup", "0", "--lr", "1e-3", "--lr-aux", "2e-3", "--lr-decay",
+          "0.5", "--log-every", "1", "--device", "cpu", "--out", str(tmp_path)])
+    lrs = [json.loads(line)["lr"] for line in open(tmp_path / "log.jsonl")]
+    assert lrs == pytest.approx([1e-3] * 5 + [1e-3 * k / 5 for k in (5, 4, 3, 2, 1)])
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert saved["opt_aux"]["param_groups"][0]["lr"] == 2e-3
+
+
 def test_amp_and_compile_paths_run_on_cpu(tmp_path):
     """The CUDA-oriented switches (bf16 autocast, torch.compile) exercised on CPU: a few steps run and match the
     eager float32 run closely at the start."""

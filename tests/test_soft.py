@@ -151,15 +151,15 @@ SOFT_FAST = ["--d-warmup", "2", "--monitor-n", "0"]
 
 
 @pytest.fixture(scope="module")
-def init_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dimo")
-    distill.main(["--teacher", "maskbit", "--steps", "2", "--out", str(out), *FAST])
-    return out
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("cache"))
+def init_run(tmp_path_factory, cache):
+    out = tmp_path_factory.mktemp("dimo")
+    distill.main(["--teacher", "maskbit", "--steps", "2", "--out", str(out), "--cache", cache, *FAST])
+    return out
 
 
 def soft(init_run, cache, out, *extra):
@@ -176,6 +176,9 @@ def test_soft_refine_runs_and_reports_every_model(init_run, cache, tmp_path):
     for key in ("loss_gan", "loss_d", "d_real", "d_fake", "entropy", "divergence", "loss_dm"):
         assert key in log[-1], key
     assert [r["step"] for r in log] == [1, 2, 3, 4] and (tmp_path / "soft" / "samples.png").exists()
+    init = json.load(open(init_run / "metrics.json"))                   # same teacher, sampler, n, seed, scorer:
+    assert not init["teacher_rows_cached"] and m["teacher_rows_cached"]  # the Di[M]O run's rows, from the cache
+    assert (m["teacher"], m["teacher_1step"]) == (init["teacher"], init["teacher_1step"])
     assert [("fid_40" in r) for r in log] == [True, False, True, True], "in-training FID at steps 1, 3 and the end"
     init = load_checkpoint(str(init_run / "checkpoint.pt"))
     refined = load_checkpoint(str(tmp_path / "soft" / "checkpoint.pt"))

@@ -156,7 +156,7 @@ def test_the_reward_classifier_is_not_the_evaluation_network():
 @pytest.fixture(scope="module")
 def init_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("dimo")
-    distill.main(["--teacher", "maskbit", "--steps", "2", "--out", str(out), *FAST])
+    distill.main(["--teacher", "maskbit", "--steps", "2", "--out", str(out), "--cache", str(out / "cache"), *FAST])
     return out
 
 
