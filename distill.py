@@ -299,8 +299,8 @@ def build_parser():
     p.add_argument("--eval-n", type=int, help="samples per final measurement")
     p.add_argument("--eval-data", help="held-out images for FID: 'toy' (default for bundled teachers) or a folder")
     p.add_argument("--features", help="feature network for FID (default: assets/eval_features.pt)")
-    p.add_argument("--cache", default="runs/cache", help="exact cache of the teacher's reference metrics, keyed by "
-                   "weights, sampler, n, seed and scorer ('': recompute them)")
+    p.add_argument("--cache", default="runs/cache", help="exact cache of the teacher's reference samples, keyed "
+                   "by its weights, sampler, labels and seed; the shipped reference is read too ('': sample anew)")
     p.add_argument("--save-samples", type=int, default=0, help="also save this many samples as .npy")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--eval-every", type=int, default=200, help="in-training monitor (toy-vocab TV; image FID with "

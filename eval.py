@@ -17,6 +17,7 @@ Commands:
   python eval.py train-features --data toy --out assets/eval_features.pt   # the shipped feature network
   python eval.py tokenizer --teacher maskbit                               # PSNR + FID of reconstructions
   python eval.py teacher --teacher maskbit --steps-list 1,2,4,8,16,32      # FID / class consistency vs steps
+  python eval.py teacher --teacher maskbit --steps-list 1,16 --cache assets/teacher_tokens   # shipped reference
   python eval.py speed --teacher maskbit                                   # one-step vs multi-step images/s
 """
 import json
@@ -31,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from checkpoints import FORMAT, load_checkpoint, save_checkpoint
+from checkpoints import FORMAT, fingerprint, load_checkpoint, save_checkpoint
 from config import ASSETS, PRESETS, ArgumentParser, UserError, check_range, cli, get_preset, runtime
 from data import load_images, save_image_grid, to_uint8
 from generator import generate, make_generator
@@ -40,6 +41,11 @@ from teacher import (add_sampler_args, build_teacher, load_pair, parse_labels, s
 from tokenizer import build_tokenizer
 
 FEATURES = os.path.join(ASSETS, "eval_features.pt")
+# Images per forward pass when sampling and scoring.  The batch fixes how the seeded noise is dealt out, so it is
+# part of what a given seed's samples are: every figure in the README was made at 500.  (Measured here, 2 cores:
+# batch 64 runs the 16-step sampler 1.3x and the one-step generator with its decode 1.7x faster, but draws other
+# samples, so changing it means measuring every table again.)
+EVAL_BATCH = 500
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -156,7 +162,7 @@ def prdc(real, fake, k=5):
 
 
 @torch.no_grad()
-def embed(net, images, batch=500):
+def embed(net, images, batch=EVAL_BATCH):
     """-> (features [n, 128], predicted classes [n])."""
     feats = torch.cat([net.features(b.float()) for b in images.split(batch)])
     return feats, net.head(feats).argmax(1)
@@ -197,14 +203,57 @@ def write_result(out_dir, name, result, images=None, npz=False):
 # Commands on a teacher / tokenizer pair.
 # ----------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def teacher_images(teacher, tokenizer, labels, settings, seed, batch=500):
-    """Images [n, 3, H, W] in [0, 1] from the multi-step sampler, deterministic in seed."""
+def teacher_tokens(teacher, labels, settings, seed, batch=EVAL_BATCH):
+    """Tokens [n, N, S] from the multi-step sampler, deterministic in seed (one generator across the batches)."""
     gen = torch.Generator(labels.device).manual_seed(seed)
-    out = []
-    for lab in labels.split(batch):
-        tokens = sample(teacher, lab, generator=gen, **settings)
-        out.append(tokens_to_images(teacher, tokenizer, tokens))
-    return torch.cat(out)
+    return torch.cat([sample(teacher, lab, generator=gen, **settings) for lab in labels.split(batch)])
+
+
+@torch.no_grad()
+def decode(model, tokenizer, tokens, batch=EVAL_BATCH):
+    """Tokens [n, N, S] -> images [n, 3, H, W] in [0, 1], a batch at a time."""
+    return torch.cat([tokens_to_images(model, tokenizer, t) for t in tokens.split(batch)])
+
+
+def teacher_images(teacher, tokenizer, labels, settings, seed, batch=EVAL_BATCH):
+    """Images [n, 3, H, W] in [0, 1] from the multi-step sampler, deterministic in seed."""
+    return decode(teacher, tokenizer, teacher_tokens(teacher, labels, settings, seed, batch), batch)
+
+
+# The teacher's reference samples are deterministic: the same weights, sampler settings, labels, seed, batch, device
+# type, autocast and torch version give the same tokens, bit for bit (also across CPUs).  So they are cached exactly,
+# as tokens under a key of all of these (decoding and scoring stay local: a changed tokenizer, feature network or
+# held-out set is used as it is).  REFERENCE ships the bundled teacher's default reference (2000 samples, seed 0, at
+# its sampler and at one step); tests/test_cli.py samples their first batches again and compares them bit for bit.
+REFERENCE = os.path.join(ASSETS, "teacher_tokens")
+
+
+def reference_key(teacher, labels, settings, seed, amp=False):
+    """-> (sha256 hex, the settings it covers besides the teacher's weights and the labels)."""
+    what = dict(sampler=settings, seed=seed, batch=EVAL_BATCH, device=labels.device.type, amp=amp,
+                torch=str(torch.__version__))
+    return fingerprint(json.dumps(what, sort_keys=True), labels, teacher), what
+
+
+def reference_tokens(teacher, labels, settings, seed, cache="", amp=False):
+    """The teacher's samples for (labels, settings, seed): -> (tokens [n, N, S], the file they came from or
+    'sampled').  Read from cache or REFERENCE when a file there has the key; else sampled and written to cache.
+    cache '' reads and writes nothing."""
+    key, what = reference_key(teacher, labels, settings, seed, amp)
+    name = f"teacher_tokens-{key[:16]}.pt"
+    for folder in (cache, REFERENCE) if cache else ():
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            saved = load_checkpoint(path, "teacher token cache")
+            if saved.get("key") != key:
+                raise UserError(f"'{path}' does not hold the samples its name says (another key); delete it")
+            return saved["tokens"].long().to(labels.device), path
+    tokens = teacher_tokens(teacher, labels, settings, seed)
+    if cache:
+        small = torch.uint8 if teacher.mask_id < 256 else torch.int16  # MaskGIT's head can sample its mask id 1024
+        save_checkpoint(dict(key=key, settings=what, n=len(labels), tokens=tokens.cpu().to(small)),
+                        os.path.join(cache, name))
+    return tokens, "sampled"
 
 
 def timed(fn, device):
@@ -265,6 +314,8 @@ def main_teacher(argv):
     pair_args(parser)
     add_sampler_args(parser)
     parser.add_argument("--steps-list", default="1,2,4,8,16,32", help="comma-separated step counts")
+    parser.add_argument("--cache", default="runs/cache", help="exact cache of the samples (reference_tokens; '': "
+                        "none); --cache assets/teacher_tokens --steps-list 1,16 writes the shipped reference")
     args = parser.parse_args(argv)
     check_range("--n", args.n, low=2)
     rt = runtime(args.device)
@@ -277,9 +328,10 @@ def main_teacher(argv):
         args.steps = steps
         settings = sampler_settings(args, preset)
         t0 = time.time()
-        images = teacher_images(teacher, tokenizer, labels, settings, args.seed)
+        tokens, source = reference_tokens(teacher, labels, settings, args.seed, args.cache)
+        images = decode(teacher, tokenizer, tokens)
         row = dict(teacher=preset, seed=args.seed, **settings, **evaluator(images, labels),
-                   seconds=round(time.time() - t0, 1), **evaluator.info)
+                   seconds=round(time.time() - t0, 1), samples=source, **evaluator.info)
         write_result(args.out, f"teacher_{steps}steps", row, images, args.npz)
         rows.append(row)
         print(f"steps {steps:3d}  FID {row['fid']:8.3f}  class acc {row['class_acc']:.3f}  "

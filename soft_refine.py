@@ -271,7 +271,7 @@ def build_parser():
     p.add_argument("--resume", metavar="DIR", help="continue the soft_refine.py run saved in DIR")
     p.add_argument("--data", help="real images: 'toy' (default for the bundled pair) or a folder root/<class>/*.png")
     p.add_argument("--cache", default="runs/cache", help="exact caches: tokenized real images, the "
-                   "teacher's reference metrics ('': recompute them)")
+                   "teacher's reference samples ('': make them anew)")
     p.add_argument("--steps", type=int, help="generator updates (default per preset)")
     p.add_argument("--batch-size", type=int, help="per-process batch (default: the --init run's)")
     p.add_argument("--lr", type=float, help="generator learning rate (default per preset)")

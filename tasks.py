@@ -15,7 +15,6 @@ batch 64 per GPU, about 30k steps.
 """
 import contextlib
 import copy
-import json
 import os
 import time
 from types import SimpleNamespace
@@ -24,10 +23,10 @@ import numpy as np
 import torch
 
 import ddp
-from checkpoints import fingerprint, load_checkpoint, save_checkpoint
 from config import PRESETS, UserError, get_preset
 from data import save_image_grid, to_uint8
-from eval import Evaluator, teacher_images, teacher_images_per_s, write_result
+from eval import EVAL_BATCH, Evaluator, decode, reference_tokens, teacher_images, teacher_images_per_s, \
+    write_result
 from generator import draw_r_init, generate, generator_logits, make_generator
 from masking import random_mask
 from teacher import load_pair, tokens_to_images
@@ -36,10 +35,11 @@ from toy_vocab import OracleTeacher, ToyTransformer, check_joint, empirical, pre
 
 IMAGE_DEFAULTS = dict(eval_n=2000)
 # measured here (README, toy-vocab section): 2 auxiliary updates at 3x the lr of one and the generator's lr decayed
-# over the second half keep the auxiliary model up with the generator (a lagging one over-sharpens it); 100k samples
-# bring the sampling floor of TV down to about 0.02 for 1000 outcomes
-TOY_VOCAB_DEFAULTS = dict(steps=1500, batch_size=256, lr=3e-4, lr_aux=3e-3, normalisation="mean", label_smoothing=0.0,
-                          eval_n=100000, r_init="0.5", sigma_init=0.1, teacher_cfg=1.0, gen_temperature=1.0,
+# over the second half keep the auxiliary model up with the generator (a lagging one over-sharpens it); r_init 0.3
+# (not 0.5) gives short sequences enough distinct initial inputs (L=3 at 0.5 leaves about a dozen) and 3000 steps
+# let the longest joints converge; 100k samples bring the sampling floor of TV down to about 0.02 for 1000 outcomes
+TOY_VOCAB_DEFAULTS = dict(steps=3000, batch_size=256, lr=3e-4, lr_aux=3e-3, normalisation="mean", label_smoothing=0.0,
+                          eval_n=100000, r_init="0.3", sigma_init=0.1, teacher_cfg=1.0, gen_temperature=1.0,
                           aux_updates=2, lr_decay=0.5)
 
 
@@ -137,7 +137,7 @@ class ImageTask:
     def one_step_images(self, run, labels, temperature, seed, model=None):
         model, g = model or run.ema, torch.Generator().manual_seed(seed)
         out = []
-        for lab in labels.split(500):
+        for lab in labels.split(EVAL_BATCH):
             tokens = generate(model, lab.to(ddp.model_device(model)), draw_r_init(run.args.r_init, g),
                               run.args.sigma_init, temperature, g)
             out.append(tokens_to_images(model, self.tokenizer, tokens.to(run.rt.device)))
@@ -166,10 +166,10 @@ class ImageTask:
         """FID / class consistency against held-out images (toy data for the bundled teacher, --eval-data
         otherwise).  Released presets without --eval-data: samples as .npz for the ADM evaluator.
         extra: {name: (model, temperature)}, more one-step generators scored beside run.ema at a fixed temperature
-        (soft_refine.py: the Di[M]O generator it started from).  The teacher's rows come from --cache when they
-        were measured before (``teacher_reference``).  score: fn(images, labels) -> {metric: value}, more metrics of
-        each one-step generator's evaluated images (soft_refine.py: the reward), stored as '<metric>_generator' and
-        '<metric>_<extra name>'."""
+        (soft_refine.py: the Di[M]O generator it started from).  The teacher's samples come from the exact cache
+        of eval.reference_tokens (--cache, then the shipped reference) when they were made before.
+        score: fn(images, labels) -> {metric: value}, more metrics of each one-step generator's evaluated images
+        (soft_refine.py: the reward), stored as '<metric>_generator' and '<metric>_<extra name>'."""
         a, extra, clock = run.args, extra or {}, Stopwatch()
         labels = torch.arange(a.eval_n) % run.teacher.nclass
         common = dict(teacher_preset=self.preset, teacher_sampler=self.sampler, eval_n=a.eval_n, seed=a.seed,
@@ -192,27 +192,21 @@ class ImageTask:
         first = [int(torch.nonzero(labels == c)[0]) for c in range(min(8, run.teacher.nclass))]
         on_device = labels.to(run.rt.device)
         key = dict(common, **evaluator.info)
-        cache_path, cached = self.teacher_reference(run, evaluator)
-        with run.rt.autocast(), clock("teacher samples"):               # the grid's teacher rows: first of a class
-            teacher_labels = on_device[first] if cached else on_device
-            teacher_multi = teacher_images(run.teacher, self.tokenizer, teacher_labels, self.sampler, a.seed)
-            teacher_one = teacher_images(run.teacher, self.tokenizer, teacher_labels, dict(self.sampler, steps=1),
-                                         a.seed)
+        with run.rt.autocast(), clock("teacher samples"):               # exact cache: eval.reference_tokens
+            refs = {name: reference_tokens(run.teacher, on_device, settings, a.seed, a.cache, run.rt.amp)
+                    for name, settings in (("teacher", self.sampler), ("teacher_1step", dict(self.sampler, steps=1)))}
         with clock("teacher metrics"):
-            if cached:
-                t_m, t1_m = cached["teacher"], cached["teacher_1step"]
-            else:
-                t_m, t1_m = evaluator(teacher_multi, labels), evaluator(teacher_one, labels)
-                teacher_multi, teacher_one = teacher_multi[first], teacher_one[first]
-                if cache_path:
-                    save_checkpoint(dict(teacher=t_m, teacher_1step=t1_m), cache_path)
+            teacher_multi, teacher_one = (decode(run.teacher, self.tokenizer, refs[name][0])
+                                          for name in ("teacher", "teacher_1step"))
+            t_m, t1_m = evaluator(teacher_multi, labels), evaluator(teacher_one, labels)
+            teacher_multi, teacher_one = teacher_multi[first], teacher_one[first]
         with clock("generator metrics"):
             gen_m = evaluator(images, labels)
         metrics = dict(fid_generator=gen_m["fid"], fid_teacher=t_m["fid"], fid_teacher_1step=t1_m["fid"],
                        class_acc_generator=gen_m["class_acc"], class_acc_teacher=t_m["class_acc"],
                        class_acc_teacher_1step=t1_m["class_acc"], generator=gen_m, teacher=t_m, teacher_1step=t1_m,
                        gen_temperature=temperature, temperature_tuning_fid=tuning,
-                       teacher_rows_cached=cache_path if cached else False,
+                       teacher_tokens={name: source for name, (_, source) in refs.items()},
                        **key)
         metrics.update({f"{k}_generator": v for k, v in (score(images, labels) if score else {}).items()})
         rows = [teacher_multi]
@@ -233,20 +227,6 @@ class ImageTask:
             metrics["speed_teacher_images_per_s"] = teacher_images_per_s(run.teacher, self.sampler)
         metrics["seconds_evaluation"] = clock.seconds
         return metrics
-
-    def teacher_reference(self, run, evaluator):
-        """-> (path, its metrics or None).  The teacher's rows (FID and class consistency at its sampler and at one
-        step) are deterministic given its weights, the tokenizer's, the sampler, n, seed, device type, autocast and
-        the scorer (feature network, reference features), so a file keyed by all of them is exact: any change is
-        another key, and recomputed.  path is None when --cache is ''."""
-        a = run.args
-        if not a.cache:
-            return None, None
-        settings = json.dumps(dict(sampler=self.sampler, eval_n=a.eval_n, seed=a.seed, nclass=run.teacher.nclass,
-                                   device=run.rt.device.type, amp=run.rt.amp), sort_keys=True)
-        key = fingerprint(settings, run.teacher, self.tokenizer, evaluator.net, evaluator.ref_features)
-        path = os.path.join(a.cache, f"teacher_reference-{key[:16]}.pt")
-        return path, load_checkpoint(path, "teacher reference cache") if os.path.isfile(path) else None
 
     def score_extra(self, run, extra, labels, first, evaluator, score, metrics):
         """Metrics of the extra one-step generators into metrics; -> their grid rows."""

@@ -1,6 +1,7 @@
 """Every README command, in a small form: the default image distillation, sampling the distilled generator, the
 evaluation commands and the speed and memory benchmarks."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 import distill
 import eval as evaluation
+from config import PRESETS
 import generator
 import tokenizer
 
@@ -41,20 +43,57 @@ def test_default_image_distillation_outputs(image_run):
 
 
 def test_teacher_reference_cache_is_exact_and_keyed(image_run, tmp_path):
-    """A rerun takes the teacher's rows from the cache, equal to the computed ones; a changed sampler setting, seed or
-    n is another key and is computed anew."""
+    """A rerun takes the teacher's samples from the cache and scores them to the same rows; another n is another key,
+    sampled anew."""
     first = json.load(open(image_run / "metrics.json"))
     common = ["--teacher", "maskbit", "--steps", "1", "--batch-size", "4", "--tune-temperature", "", "--device", "cpu",
               "--cache", str(image_run / "cache")]
     distill.main(common + ["--eval-n", "60", "--out", str(tmp_path / "hit")])
     hit = json.load(open(tmp_path / "hit" / "metrics.json"))
-    assert not first["teacher_rows_cached"] and hit["teacher_rows_cached"].startswith(str(image_run / "cache"))
+    assert first["teacher_tokens"] == {"teacher": "sampled", "teacher_1step": "sampled"}
+    assert all(source.startswith(str(image_run / "cache")) for source in hit["teacher_tokens"].values())
     assert (hit["teacher"], hit["teacher_1step"]) == (first["teacher"], first["teacher_1step"])
     assert hit["fid_generator"] != first["fid_generator"]                # the generator itself is not cached
     distill.main(common + ["--eval-n", "50", "--out", str(tmp_path / "miss")])
     miss = json.load(open(tmp_path / "miss" / "metrics.json"))
-    assert not miss["teacher_rows_cached"] and miss["teacher"]["n"] == 50
-    assert len(list((image_run / "cache").glob("teacher_reference-*.pt"))) == 2
+    assert set(miss["teacher_tokens"].values()) == {"sampled"} and miss["teacher"]["n"] == 50
+    assert len(list((image_run / "cache").glob("teacher_tokens-*.pt"))) == 4
+
+
+def test_reference_tokens_equal_sampling_and_reject_a_wrong_file(tmp_path):
+    from checkpoints import save_checkpoint
+    from config import UserError
+    from teacher import load_pair
+    teacher = load_pair("maskbit", verbose=False)[0]
+    labels, settings = torch.arange(6) % 10, dict(PRESETS["maskbit-toy"]["sampler"], steps=3)
+    sampled, source = evaluation.reference_tokens(teacher, labels, settings, 5, str(tmp_path))
+    assert source == "sampled" and torch.equal(sampled, evaluation.teacher_tokens(teacher, labels, settings, 5))
+    cached, source = evaluation.reference_tokens(teacher, labels, settings, 5, str(tmp_path))
+    assert source.startswith(str(tmp_path)) and torch.equal(cached, sampled)
+    assert evaluation.reference_tokens(teacher, labels, settings, 6, str(tmp_path))[1] == "sampled"   # another seed
+    assert evaluation.reference_tokens(teacher, labels, settings, 5, "")[1] == "sampled"              # no cache
+    assert len(list(tmp_path.glob("*.pt"))) == 2
+    save_checkpoint(dict(key="0" * 64, tokens=sampled), source)                  # a file under a name not its own
+    with pytest.raises(UserError, match="another key"):
+        evaluation.reference_tokens(teacher, labels, settings, 5, str(tmp_path))
+
+
+def test_the_shipped_teacher_reference_is_the_default_runs_and_exact():
+    """assets/teacher_tokens holds the default run's two teacher references (2000 samples, seed 0, at the sampler and
+    at one step): their keys are what the default evaluation asks for, and their first batch is sampled again here
+    and compared bit for bit."""
+    from checkpoints import load_checkpoint
+    from tasks import IMAGE_DEFAULTS
+    from teacher import load_pair
+    teacher = load_pair("maskbit", verbose=False)[0]
+    n, sampler = IMAGE_DEFAULTS["eval_n"], PRESETS["maskbit-toy"]["sampler"]
+    labels = torch.arange(n) % teacher.nclass
+    for settings in (sampler, dict(sampler, steps=1)):
+        key, _ = evaluation.reference_key(teacher, labels, settings, 0)
+        saved = load_checkpoint(os.path.join(evaluation.REFERENCE, f"teacher_tokens-{key[:16]}.pt"))
+        assert saved["key"] == key and saved["tokens"].shape == (n, teacher.seq_len, teacher.splits)
+        first = evaluation.teacher_tokens(teacher, labels[:evaluation.EVAL_BATCH], settings, 0)
+        assert torch.equal(saved["tokens"][:evaluation.EVAL_BATCH].long(), first)
 
 
 def test_fingerprint_keys_on_every_byte():
@@ -102,7 +141,7 @@ def test_tokenizer_demo(capsys):
 
 def test_temperature_grid_is_per_preset():
     """The toy teacher's optimum is below 1, the paper's (MaskGIT) near 7: each preset carries its own grid."""
-    from config import PRESETS, RELEASED_TEMPS, runtime
+    from config import RELEASED_TEMPS, runtime
     from tasks import build_task
     a = distill.build_parser().parse_args(["--teacher", "maskbit"])
     build_task(a, runtime("cpu"))
@@ -114,7 +153,6 @@ def test_temperature_grid_is_per_preset():
 def test_released_presets_get_the_papers_distillation_defaults():
     """Without flags a released teacher distils with Di[M]O's recipe, not the toy pair's; config.json records where
     every default came from, and a flag wins."""
-    from config import PRESETS
     from tasks import distill_defaults
     for preset in ("maskbit-12bit", "maskgit"):
         a = distill.build_parser().parse_args(["--teacher", preset])
@@ -128,7 +166,7 @@ def test_released_presets_get_the_papers_distillation_defaults():
     assert a.lr == 3e-5 and "lr" not in a.defaults_used
     toy = distill.build_parser().parse_args(["--teacher", "maskbit"])
     distill_defaults(toy, "maskbit-toy")
-    assert (toy.lr, toy.lr_aux, toy.steps, toy.batch_size) == (2e-4, 2e-3, 1400, 32)
+    assert (toy.lr, toy.lr_aux, toy.steps, toy.batch_size, toy.lr_decay) == (2e-4, 2e-3, 1400, 32, 0.0)
     assert PRESETS["maskbit-toy"]["distill"] is not PRESETS["maskgit"]["distill"]
 
 

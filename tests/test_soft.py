@@ -177,7 +177,8 @@ def test_soft_refine_runs_and_reports_every_model(init_run, cache, tmp_path):
         assert key in log[-1], key
     assert [r["step"] for r in log] == [1, 2, 3, 4] and (tmp_path / "soft" / "samples.png").exists()
     init = json.load(open(init_run / "metrics.json"))                   # same teacher, sampler, n, seed, scorer:
-    assert not init["teacher_rows_cached"] and m["teacher_rows_cached"]  # the Di[M]O run's rows, from the cache
+    assert set(init["teacher_tokens"].values()) == {"sampled"}           # the Di[M]O run's samples, from the cache
+    assert all(source.startswith(cache) for source in m["teacher_tokens"].values())
     assert (m["teacher"], m["teacher_1step"]) == (init["teacher"], init["teacher_1step"])
     assert [("fid_40" in r) for r in log] == [True, False, True, True], "in-training FID at steps 1, 3 and the end"
     init = load_checkpoint(str(init_run / "checkpoint.pt"))
