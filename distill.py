@@ -372,6 +372,9 @@ def setup_run(a):
         restore(run, resume)
         if ddp.is_main():
             print(f"resumed {a.out} at step {run.step} of {a.steps}")
+            if a.lr_decay > 0 and a.steps != resume["args"]["steps"]:
+                print(f"note: --steps {a.steps} replaces the run's {resume['args']['steps']}, and the decaying lr "
+                      f"(--lr-decay {a.lr_decay}) follows the new total from here on")
     return run, task
 
 

@@ -166,7 +166,7 @@ def test_released_presets_get_the_papers_distillation_defaults():
     assert a.lr == 3e-5 and "lr" not in a.defaults_used
     toy = distill.build_parser().parse_args(["--teacher", "maskbit"])
     distill_defaults(toy, "maskbit-toy")
-    assert (toy.lr, toy.lr_aux, toy.steps, toy.batch_size, toy.lr_decay) == (2e-4, 2e-3, 1400, 32, 0.0)
+    assert (toy.lr, toy.lr_aux, toy.steps, toy.batch_size, toy.lr_decay) == (3e-4, 2e-3, 1400, 32, 1.0)
     assert PRESETS["maskbit-toy"]["distill"] is not PRESETS["maskgit"]["distill"]
 
 
