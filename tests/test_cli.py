@@ -9,9 +9,9 @@ import torch
 
 import distill
 import eval as evaluation
-from config import PRESETS
 import generator
 import tokenizer
+from config import PRESETS
 
 
 @pytest.fixture(scope="module")
