@@ -19,7 +19,9 @@
   A missing file, a file of another model or preset, or a shape mismatch is one ``UserError`` line naming the
   file, the preset and the first offending keys.  Nothing is ever partially loaded.
 * ``fingerprint(*parts)``: a sha256 of strings, tensors and modules' weights, the key of the exact caches (tokenized
-  real images, the teacher's reference metrics): a changed weight, setting or datum gives another key.
+  real images, the teacher's reference samples): a changed weight, setting or datum gives another key.
+* ``cached(folders, name, key, what)``: the first ``folder/name`` that exists, checked to hold ``key`` (a file
+  under the right name but another key is refused, never used); the writers store ``key`` in the file.
 
 Run ``python checkpoints.py PATH`` to see what a checkpoint file holds.
 """
@@ -68,6 +70,19 @@ def fingerprint(*parts):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def cached(folders, name, key, what):
+    """The dict saved under folder/name in the first of folders that has it, or None; one whose stored 'key' is not
+    ``key`` (a hand-copied or truncated-name file) is refused rather than used."""
+    for folder in folders:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            saved = load_checkpoint(path, what)
+            if not isinstance(saved, dict) or saved.get("key") != key:
+                raise UserError(f"{what} '{path}' does not hold what its name says (another key); delete it")
+            return dict(saved, path=path)
+    return None
 
 
 def load_checkpoint(path, what="checkpoint"):

@@ -278,7 +278,8 @@ def build_parser():
                    "of the steps (0: constant, the paper's; default per teacher); the auxiliary model's stays, so "
                    "that it keeps up with the generator")
     p.add_argument("--clip", type=float, default=1.0, help="generator gradient-norm clipping (0: off)")
-    p.add_argument("--ema", type=float, default=0.9999, help="EMA decay of the generator (with warm-up)")
+    p.add_argument("--ema", type=float, help="EMA decay of the generator, with warm-up (default per teacher: "
+                   "0.9999 for images, 0.99 for toy-vocab)")
     p.add_argument("--aux-updates", type=int, help="auxiliary updates per generator update (default per teacher)")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per update (memory: batch / K)")
     p.add_argument("--ema-cpu", action="store_true", help="keep the generator's EMA copy in CPU memory")

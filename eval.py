@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from checkpoints import FORMAT, fingerprint, load_checkpoint, save_checkpoint
+from checkpoints import FORMAT, cached, fingerprint, load_checkpoint, save_checkpoint
 from config import ASSETS, PRESETS, ArgumentParser, UserError, check_range, cli, get_preset, runtime
 from data import load_images, save_image_grid, to_uint8
 from generator import generate, make_generator
@@ -241,13 +241,9 @@ def reference_tokens(teacher, labels, settings, seed, cache="", amp=False):
     cache '' reads and writes nothing."""
     key, what = reference_key(teacher, labels, settings, seed, amp)
     name = f"teacher_tokens-{key[:16]}.pt"
-    for folder in (cache, REFERENCE) if cache else ():
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            saved = load_checkpoint(path, "teacher token cache")
-            if saved.get("key") != key:
-                raise UserError(f"'{path}' does not hold the samples its name says (another key); delete it")
-            return saved["tokens"].long().to(labels.device), path
+    saved = cached((cache, REFERENCE), name, key, "teacher token cache") if cache else None
+    if saved is not None:
+        return saved["tokens"].long().to(labels.device), saved["path"]
     tokens = teacher_tokens(teacher, labels, settings, seed)
     if cache:
         small = torch.uint8 if teacher.mask_id < 256 else torch.int16  # MaskGIT's head can sample its mask id 1024

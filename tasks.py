@@ -33,14 +33,15 @@ from teacher import load_pair, tokens_to_images
 from toy_vocab import OracleTeacher, ToyTransformer, check_joint, empirical, pretrain_mdm, random_joint, \
     reference_tvs, total_variation
 
-IMAGE_DEFAULTS = dict(eval_n=2000)
+IMAGE_DEFAULTS = dict(eval_n=2000, ema=0.9999)
 # measured here (README, toy-vocab section): 2 auxiliary updates at 3x the lr of one and the generator's lr decayed
 # over the second half keep the auxiliary model up with the generator (a lagging one over-sharpens it); r_init 0.3
 # (not 0.5) gives short sequences enough distinct initial inputs (L=3 at 0.5 leaves about a dozen) and 3000 steps
-# let the longest joints converge; 100k samples bring the sampling floor of TV down to about 0.02 for 1000 outcomes
+# let the longest joints converge; 100k samples bring the sampling floor of TV down to about 0.02 for 1000 outcomes;
+# an EMA of about 100 steps (0.99), since the decaying lr already settles the weights and a longer one lags them
 TOY_VOCAB_DEFAULTS = dict(steps=3000, batch_size=256, lr=3e-4, lr_aux=3e-3, normalisation="mean", label_smoothing=0.0,
                           eval_n=100000, r_init="0.3", sigma_init=0.1, teacher_cfg=1.0, gen_temperature=1.0,
-                          aux_updates=2, lr_decay=0.5)
+                          aux_updates=2, lr_decay=0.5, ema=0.99)
 
 
 def fill(a, defaults, source):

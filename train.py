@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from checkpoints import fingerprint, load_checkpoint, load_model, own_checkpoint, save_checkpoint
+from checkpoints import cached, fingerprint, load_model, own_checkpoint, save_checkpoint
 from config import ArgumentParser, UserError, check_range, get_preset, runtime
-from data import load_images
+from data import IMAGE_EXTS, load_images
 from masking import random_mask
 from optim import ema_update, lr_at, optimise
 from teacher import build_teacher
@@ -130,13 +130,24 @@ def tokenize(tokenizer, teacher, images, device, batch=250):
                       for b in images.split(batch)])
 
 
+def data_key(data):
+    """What identifies a dataset for the token cache: 'toy' (made by code from fixed seeds), or a folder's image files
+    with their sizes and modification times, so that an edited, added or removed image means tokenizing anew."""
+    if data == "toy" or not os.path.isdir(data):                        # a missing folder fails in load_images
+        return data
+    files = sorted(os.path.join(data, c, f) for c in os.listdir(data) if os.path.isdir(os.path.join(data, c))
+                   for f in os.listdir(os.path.join(data, c)) if f.lower().endswith(IMAGE_EXTS))  # as folder_images
+    return "\n".join([os.path.abspath(data)] + [f"{f} {os.stat(f).st_size} {os.stat(f).st_mtime_ns}" for f in files])
+
+
 def real_tokens(tokenizer, teacher, data, cache_dir, device, save=True):
     """Real images -> tokens [n, N, S] and labels [n], tokenized once and cached under a key of the tokenizer's
-    weights and the data (a changed tokenizer or folder is tokenized anew); cache_dir '' caches nothing."""
-    path = os.path.join(cache_dir, f"real_tokens-{fingerprint(data, tokenizer)[:16]}.pt") if cache_dir else None
-    if path and os.path.isfile(path):
-        cached = load_checkpoint(path, "token cache")
-        return cached["tokens"], cached["labels"]
+    weights, the teacher's token layout and the data (``data_key``); cache_dir '' caches nothing."""
+    key = fingerprint(data_key(data), f"splits={teacher.splits}", tokenizer)
+    name = f"real_tokens-{key[:16]}.pt"
+    saved = cached((cache_dir,), name, key, "token cache") if cache_dir else None
+    if saved is not None:
+        return saved["tokens"], saved["labels"]
     images, labels, nclass = load_images(data, "train")
     if nclass != teacher.nclass:
         raise UserError(f"--data {data} has {nclass} classes but the teacher has {teacher.nclass}")
@@ -146,8 +157,8 @@ def real_tokens(tokenizer, teacher, data, cache_dir, device, save=True):
                         f"tokenizer expects {size}x{size}; resize them")
     with torch.no_grad():
         tokens = tokenize(tokenizer.eval(), teacher, images, device)
-    if save and path:                                                    # one writer under DDP
-        save_checkpoint(dict(tokens=tokens, labels=labels, data=data), path)
+    if save and cache_dir:                                               # one writer under DDP
+        save_checkpoint(dict(key=key, tokens=tokens, labels=labels, data=data), os.path.join(cache_dir, name))
     return tokens, labels
 
 

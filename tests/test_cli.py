@@ -78,6 +78,35 @@ def test_reference_tokens_equal_sampling_and_reject_a_wrong_file(tmp_path):
         evaluation.reference_tokens(teacher, labels, settings, 5, str(tmp_path))
 
 
+def test_real_token_cache_follows_the_folder_and_rejects_a_wrong_file(tmp_path):
+    """train.real_tokens keys its cache on the folder's files: a rerun reads the cache, an edited image (same name)
+    is tokenized anew, and a file under a name not its own is refused."""
+    import numpy as np
+    from PIL import Image
+    from checkpoints import save_checkpoint
+    from config import UserError
+    from teacher import load_pair
+    from train import real_tokens
+    teacher, tokenizer = load_pair("maskbit", verbose=False)[:2]
+    rng = np.random.default_rng(0)
+    for c in range(teacher.nclass):                                      # a.png goes to the test split, b.png to train
+        os.makedirs(tmp_path / "data" / str(c))
+        for name in ("a.png", "b.png"):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "data" / str(c) / name)
+    data, cache = str(tmp_path / "data"), str(tmp_path / "cache")
+    tokens, labels = real_tokens(tokenizer, teacher, data, cache, "cpu")
+    assert tokens.shape == (10, teacher.seq_len, teacher.splits) and labels.tolist() == list(range(10))
+    again, _ = real_tokens(tokenizer, teacher, data, cache, "cpu")
+    assert torch.equal(again, tokens) and len(os.listdir(cache)) == 1
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(tmp_path / "data" / "3" / "b.png")  # edited in place
+    edited, _ = real_tokens(tokenizer, teacher, data, cache, "cpu")
+    assert len(os.listdir(cache)) == 2 and not torch.equal(edited[3], tokens[3]) and torch.equal(edited[4], tokens[4])
+    newest = max((os.path.join(cache, f) for f in os.listdir(cache)), key=os.path.getmtime)  # the edited folder's
+    save_checkpoint(dict(key="0" * 64, tokens=tokens, labels=labels), newest)
+    with pytest.raises(UserError, match="another key"):
+        real_tokens(tokenizer, teacher, data, cache, "cpu")
+
+
 def test_the_shipped_teacher_reference_is_the_default_runs_and_exact():
     """assets/teacher_tokens holds the default run's two teacher references (2000 samples, seed 0, at the sampler and
     at one step): their keys are what the default evaluation asks for, and their first batch is sampled again here
@@ -166,7 +195,11 @@ def test_released_presets_get_the_papers_distillation_defaults():
     assert a.lr == 3e-5 and "lr" not in a.defaults_used
     toy = distill.build_parser().parse_args(["--teacher", "maskbit"])
     distill_defaults(toy, "maskbit-toy")
-    assert (toy.lr, toy.lr_aux, toy.steps, toy.batch_size, toy.lr_decay) == (3e-4, 2e-3, 1400, 32, 1.0)
+    assert (toy.lr, toy.lr_aux, toy.steps, toy.batch_size, toy.lr_decay, toy.ema) == (3e-4, 2e-3, 1400, 32, 1.0, 0.9999)
+    from tasks import ToyVocabTask
+    vocab = distill.build_parser().parse_args(["--teacher", "toy-vocab", "--vocab", "3", "--length", "2"])
+    ToyVocabTask(vocab, None)
+    assert (vocab.steps, vocab.lr_decay, vocab.ema, vocab.r_init) == (3000, 0.5, 0.99, "0.3")
     assert PRESETS["maskbit-toy"]["distill"] is not PRESETS["maskgit"]["distill"]
 
 
