@@ -7,7 +7,7 @@ every machine (numpy's PCG64 stream); the 'train' and 'test' splits use disjoint
 
 Image folders: ``root/<class name>/*.png|jpg|jpeg``, classes in sorted order, all images of one size (mixed
 sizes are an error, not silently resized).  Every 10th image of each class (sorted by file name) is held out as
-'test'.
+'test'.  ``data_key`` names a dataset for caches: a folder by its files' names, sizes and modification times.
 
 Everything returns images as float tensors [B, 3, H, W] in [0, 1] (MaskBit's convention) and int64 labels [B].
 
@@ -82,32 +82,46 @@ def toy_images(n, seed, size=32, supersample=4):
     return torch.from_numpy(images), torch.from_numpy(labels).long()
 
 
+def image_files(root):
+    """root/<class>/*.png|jpg -> (class names, [(class index, index within the class, path), ...]), both sorted."""
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    return classes, [(c, k, os.path.join(root, name, f)) for c, name in enumerate(classes)
+                     for k, f in enumerate(sorted(f for f in os.listdir(os.path.join(root, name))
+                                                  if f.lower().endswith(IMAGE_EXTS)))]
+
+
+def data_key(data):
+    """What identifies a dataset for a cache: 'toy' (made by code from fixed seeds), or a folder's image files with
+    their sizes and modification times, so that an edited, added or removed image gives another key."""
+    if data == "toy" or not os.path.isdir(data):                        # a missing folder fails in load_images
+        return data
+    stats = [(path, os.stat(path)) for _, _, path in image_files(data)[1]]
+    return "\n".join([os.path.abspath(data)] + [f"{path} {st.st_size} {st.st_mtime_ns}" for path, st in stats])
+
+
 def folder_images(root, split="train"):
     """root/<class>/*.png|jpg -> (images [n, 3, H, W] in [0, 1], labels [n], class names)."""
     from PIL import Image
     if not os.path.isdir(root):
         raise UserError(f"data folder '{root}' does not exist or is not a folder (expected root/<class>/*.png)")
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    classes, files = image_files(root)
     if not classes:
         raise UserError(f"data folder '{root}' has no class sub-folders (expected root/<class>/*.png)")
     images, labels, first = [], [], None
-    for c, name in enumerate(classes):
-        files = sorted(f for f in os.listdir(os.path.join(root, name)) if f.lower().endswith(IMAGE_EXTS))
-        for k, f in enumerate(files):
-            path = os.path.join(root, name, f)
-            try:
-                with Image.open(path) as im:                           # every file's size is checked, all splits
-                    size = im.size
-                    if first is None:
-                        first = (path, size)
-                    elif size != first[1]:
-                        raise UserError(f"images of mixed sizes: '{path}' is {size[0]}x{size[1]} but "
-                                        f"'{first[0]}' is {first[1][0]}x{first[1][1]}; resize them all to one size")
-                    if (k % 10 == 0) == (split == "test"):
-                        images.append(np.asarray(im.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0)
-                        labels.append(c)
-            except OSError as e:
-                raise UserError(f"image '{path}' cannot be read ({e})") from None
+    for c, k, path in files:
+        try:
+            with Image.open(path) as im:                               # every file's size is checked, all splits
+                size = im.size
+                if first is None:
+                    first = (path, size)
+                elif size != first[1]:
+                    raise UserError(f"images of mixed sizes: '{path}' is {size[0]}x{size[1]} but "
+                                    f"'{first[0]}' is {first[1][0]}x{first[1][1]}; resize them all to one size")
+                if (k % 10 == 0) == (split == "test"):
+                    images.append(np.asarray(im.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0)
+                    labels.append(c)
+        except OSError as e:
+            raise UserError(f"image '{path}' cannot be read ({e})") from None
     if not images:
         raise UserError(f"data folder '{root}' has no {split} images (*.png, *.jpg) in its class folders")
     return torch.from_numpy(np.stack(images)), torch.tensor(labels), classes

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from checkpoints import cached, fingerprint, load_model, own_checkpoint, save_checkpoint
 from config import ArgumentParser, UserError, check_range, get_preset, runtime
-from data import IMAGE_EXTS, load_images
+from data import data_key, load_images
 from masking import random_mask
 from optim import ema_update, lr_at, optimise
 from teacher import build_teacher
@@ -128,16 +128,6 @@ def tokenize(tokenizer, teacher, images, device, batch=250):
     """Images -> per-split tokens [n, N, S] of the teacher's layout."""
     return torch.cat([teacher.from_indices(tokenizer.images_to_indices(b.to(device))).cpu()
                       for b in images.split(batch)])
-
-
-def data_key(data):
-    """What identifies a dataset for the token cache: 'toy' (made by code from fixed seeds), or a folder's image files
-    with their sizes and modification times, so that an edited, added or removed image means tokenizing anew."""
-    if data == "toy" or not os.path.isdir(data):                        # a missing folder fails in load_images
-        return data
-    files = sorted(os.path.join(data, c, f) for c in os.listdir(data) if os.path.isdir(os.path.join(data, c))
-                   for f in os.listdir(os.path.join(data, c)) if f.lower().endswith(IMAGE_EXTS))  # as folder_images
-    return "\n".join([os.path.abspath(data)] + [f"{f} {os.stat(f).st_size} {os.stat(f).st_mtime_ns}" for f in files])
 
 
 def real_tokens(tokenizer, teacher, data, cache_dir, device, save=True):
