@@ -406,7 +406,7 @@ def train_and_evaluate(run, evaluate):
         with open(os.path.join(a.out, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=1)
         print(json.dumps(metrics))
-    ddp.cleanup()
+    ddp.cleanup(run)
 
 
 if __name__ == "__main__":

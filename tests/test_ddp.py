@@ -1,5 +1,6 @@
 """Several processes: torchrun + DDP (gloo on CPU) keeps the ranks identical, and the averaged gradient equals the
 gradient of a single process on the same global batch."""
+import gc
 import json
 import os
 import shutil
@@ -44,6 +45,8 @@ def worker(rank, store, normalisation, out):
     call(tokens, labels, grad, mask, normalisation).backward()
     if rank == 0:
         torch.save({n: p.grad for n, p in model.named_parameters() if p.grad is not None}, out)
+    del call                        # the DDP wrapper goes before its group (see ddp.cleanup)
+    gc.collect()
     dist.destroy_process_group()
 
 
