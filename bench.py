@@ -9,6 +9,10 @@ README quotes; none is a test (they take minutes).
 * ``python bench.py sweep --n 12 [distill.py flags]``: distill.py's toy-vocab defaults on N joints of a broad family
   (``toy_vocab.family_joint``: V 3-6, L 3-5, mixtures of 4-10 unequal modes or Markov chains, optional uniform
   floor); per joint the generator's TV, the one-step teacher's TV and the exact sampler's floor.
+* ``python bench.py draws --runs A,B,...``: finished image runs (distill.py or soft_refine.py), each EMA generator at
+  the temperature its run tuned, scored on the same fresh draws (seeds 10-17 by default, 2000 samples each): mean and
+  spread of FID, class consistency and recall, and each run's FID minus the first run's, paired draw by draw, with
+  its standard error.  One draw's FID moves by about 0.1 from draw to draw; a run's own metrics.json reports one.
 * ``python bench.py full-size --presets maskbit-12bit,maskgit``: random weights of the full-size architectures,
   written in the released file layouts, loaded through ``--teacher-ckpt`` / ``--tokenizer-ckpt``; 2 distillation
   steps per batch size (fp32, then ``--amp --ema-cpu``) and one 16-step teacher sample of 2 images, each in a fresh
@@ -27,10 +31,11 @@ import torch
 
 import distill
 from config import ArgumentParser, UserError, check_range, cli, get_preset
-from eval import memory_table
-from generator import draw_r_init, generate, token_init
+from eval import EVAL_BATCH, memory_table
+from generator import draw_r_init, generate, load_run, one_step_images, token_init
 from masking import guided_logits, random_mask
 from optim import ema_update
+from tasks import held_out_evaluator
 from teacher import build_teacher
 from tokenizer import build_tokenizer
 from toy_vocab import family_joint
@@ -163,6 +168,48 @@ def main_sweep(argv):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# draws: finished image runs compared on the same fresh draws.
+# ----------------------------------------------------------------------------------------------------------------
+def main_draws(argv):
+    parser = ArgumentParser(prog="bench.py draws", description="finished image runs scored on the same fresh draws")
+    parser.add_argument("--runs", required=True, help="comma-separated run folders; the first is the baseline")
+    parser.add_argument("--draws", type=int, default=8, help="sampling seeds first ... first+draws-1")
+    parser.add_argument("--first", type=int, default=10, help="first sampling seed (a run of seed S reports draw S, tuned on S+1)")
+    parser.add_argument("--n", type=int, default=2000, help="samples per draw (FID depends on it)")
+    args = parser.parse_args(argv)
+    check_range("--draws", args.draws, low=2)
+    check_range("--n", args.n, low=10)
+    folders = args.runs.split(",")
+    for folder in folders:
+        if not all(os.path.isfile(os.path.join(folder, f)) for f in ("checkpoint.pt", "metrics.json")):
+            raise UserError(f"--runs {folder}: not a finished run (needs checkpoint.pt and metrics.json)")
+    loaded = [load_run(folder) for folder in folders]                    # (gen, tokenizer, settings, ckpt, T, preset)
+    scorers = {(preset, run.get("eval_data"), run.get("features")) for _, _, run, _, _, preset in loaded}
+    if len(scorers) > 1:
+        differ = "; ".join(sorted(map(str, scorers)))
+        raise UserError(f"--runs: the runs differ in teacher preset, --eval-data or --features ({differ}); compare "
+                        f"runs of one teacher scored on the same data")
+    evaluator = held_out_evaluator(*scorers.pop())                       # the runs' own held-out scorer
+    if evaluator is None:
+        raise UserError("--runs: a released preset without --eval-data has no held-out images to score against")
+    labels = torch.arange(args.n) % loaded[0][0].nclass
+    seeds, base = list(range(args.first, args.first + args.draws)), None
+    for folder, (gen, tokenizer, run, ckpt, temperature, _) in zip(folders, loaded):
+        rows = [evaluator(one_step_images(gen, tokenizer, labels, run["r_init"], run["sigma_init"], temperature, s,
+                                          EVAL_BATCH), labels) for s in seeds]   # the same draws for every run
+        scores = {k: np.array([r[k] for r in rows]) for k in ("fid", "class_acc", "recall")}
+        base = scores["fid"] if base is None else base
+        diff = scores["fid"] - base                                       # per draw, against the first run: paired
+        print(json.dumps(dict(run=folder, step=ckpt["step"], temperature=temperature, n=args.n, draws=seeds,
+                              fid=[round(float(v), 4) for v in scores["fid"]],
+                              **{f"{k}_mean": round(float(v.mean()), 4) for k, v in scores.items()},
+                              fid_sd=round(float(scores["fid"].std(ddof=1)), 4),
+                              fid_minus_first=round(float(diff.mean()), 4),
+                              fid_minus_first_se=round(float(diff.std(ddof=1) / np.sqrt(len(seeds))), 4))),
+              flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # full-size: the released architectures, measured.
 # ----------------------------------------------------------------------------------------------------------------
 # A child's own peak RSS (KiB on Linux), printed as its last stderr line whatever way the script ends.
@@ -249,8 +296,8 @@ def main_full_size(argv):
 
 
 def main(argv):
-    """python bench.py {step,sweep,full-size} ..."""
-    commands = {"step": main_step, "sweep": main_sweep, "full-size": main_full_size}
+    """python bench.py {step,sweep,draws,full-size} ..."""
+    commands = {"step": main_step, "sweep": main_sweep, "draws": main_draws, "full-size": main_full_size}
     if not argv or argv[0] not in commands:
         raise UserError(f"usage: python bench.py {{{','.join(commands)}}} [--help]")
     commands[argv[0]](argv[1:])

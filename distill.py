@@ -373,10 +373,15 @@ def setup_run(a):
         restore(run, resume)
         if ddp.is_main():
             print(f"resumed {a.out} at step {run.step} of {a.steps}")
-            if a.lr_decay > 0 and a.steps != resume["args"]["steps"]:
-                print(f"note: --steps {a.steps} replaces the run's {resume['args']['steps']}, and the decaying lr "
-                      f"(--lr-decay {a.lr_decay}) follows the new total from here on")
+            note_new_total(a, resume["args"]["steps"])
     return run, task
+
+
+def note_new_total(a, saved_steps):
+    """A resume that changes --steps moves a decaying lr's schedule (it follows the total): say so."""
+    if ddp.is_main() and a.lr_decay > 0 and a.steps != saved_steps:
+        print(f"note: --steps {a.steps} replaces the run's {saved_steps}, and the decaying lr (--lr-decay "
+              f"{a.lr_decay}) follows the new total from here on")
 
 
 def main(argv=None):

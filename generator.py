@@ -139,6 +139,18 @@ def load_run(folder, device="cpu", temperature=None):
     return gen.eval().to(device), tokenizer.to(device), run, ckpt, temperature, preset
 
 
+@torch.no_grad()
+def one_step_images(model, tokenizer, labels, r_init, sigma_init, temperature, seed, batch, device=None):
+    """Images [n, 3, H, W] of labels [n], batch by batch from one CPU generator seeded with seed, decoded on
+    device (default: the model's): a run's evaluation and ``bench.py draws`` draw the same images from it."""
+    g, out = torch.Generator().manual_seed(seed), []
+    for lab in labels.split(batch):
+        tokens = generate(model, lab.to(next(model.parameters()).device), draw_r_init(r_init, g), sigma_init,
+                          temperature, g)
+        out.append(tokens_to_images(model, tokenizer, tokens.to(device or tokens.device)))
+    return torch.cat(out)
+
+
 def main_sample(argv=None):
     """One-step samples of a distilled generator (the EMA weights of a distill.py run) as a PNG grid + JSON."""
     parser = ArgumentParser(prog="generator.py sample", description="sample a distilled one-step generator")

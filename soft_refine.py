@@ -276,6 +276,8 @@ def build_parser():
     p.add_argument("--batch-size", type=int, help="per-process batch (default: the --init run's)")
     p.add_argument("--lr", type=float, help="generator learning rate (default per preset)")
     p.add_argument("--lr-aux", type=float, help="auxiliary-model learning rate (default: the --init run's)")
+    p.add_argument("--lr-decay", type=float, help="the generator's lr decays linearly to 0 over this final fraction "
+                   "of the steps (0: constant after warm-up; default per preset)")
     p.add_argument("--lr-d", type=float, help="discriminator-head learning rate (default per preset)")
     p.add_argument("--weight-decay", type=float, help="> 0: AdamW for the generator (paper's long MaskBit run: 0.01)")
     p.add_argument("--w-gan", type=float, help="weight of L_GAN (default per preset)")
@@ -321,7 +323,6 @@ def settings(a):
     flags = {k: v for k, v in vars(a).items() if v is not None}
     s = SimpleNamespace(**{**SAVED_BEFORE_FLAGS, **init["args"], **flags})
     s.init_step, s.resume, s.grid_every, s.save_samples, s.temperatures = init["step"], None, 0, 0, None
-    s.lr_decay = 0.0                                                     # this stage's lr: constant after warm-up
     return s, init, flags
 
 
@@ -419,6 +420,7 @@ def main(argv=None):
     task, run = setup(s, init, resume, flags)
     if resume is not None and ddp.is_main():
         print(f"resumed {s.out} at step {run.step} of {s.steps}")
+        distill.note_new_total(s, resume["args"]["steps"])
 
     def evaluate():
         init_ema = copy.deepcopy(run.ema)                               # the Di[M]O generator we started from

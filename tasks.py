@@ -27,9 +27,9 @@ from config import PRESETS, UserError, get_preset
 from data import save_image_grid, to_uint8
 from eval import EVAL_BATCH, Evaluator, decode, reference_tokens, teacher_images, teacher_images_per_s, \
     write_result
-from generator import draw_r_init, generate, generator_logits, make_generator
+from generator import draw_r_init, generate, generator_logits, make_generator, one_step_images
 from masking import random_mask
-from teacher import load_pair, tokens_to_images
+from teacher import load_pair
 from toy_vocab import OracleTeacher, ToyTransformer, check_joint, empirical, pretrain_mdm, random_joint, \
     reference_tvs, total_variation
 
@@ -101,6 +101,13 @@ class Stopwatch:
 # ----------------------------------------------------------------------------------------------------------------
 # Image teachers.
 # ----------------------------------------------------------------------------------------------------------------
+def held_out_evaluator(preset, eval_data=None, features=None):
+    """The scorer of an image run: --eval-data (the bundled presets: the toy data), the feature network
+    (--features, else the shipped one), 5000 held-out images.  None for a released preset without --eval-data."""
+    data = eval_data or ("toy" if "bundled" in PRESETS[preset] else None)
+    return Evaluator(data, n_ref=5000, **({"features": features} if features else {})) if data is not None else None
+
+
 class ImageTask:
     monitor = None
 
@@ -136,13 +143,8 @@ class ImageTask:
         return monitor
 
     def one_step_images(self, run, labels, temperature, seed, model=None):
-        model, g = model or run.ema, torch.Generator().manual_seed(seed)
-        out = []
-        for lab in labels.split(EVAL_BATCH):
-            tokens = generate(model, lab.to(ddp.model_device(model)), draw_r_init(run.args.r_init, g),
-                              run.args.sigma_init, temperature, g)
-            out.append(tokens_to_images(model, self.tokenizer, tokens.to(run.rt.device)))
-        return torch.cat(out)
+        return one_step_images(model or run.ema, self.tokenizer, labels, run.args.r_init, run.args.sigma_init,
+                               temperature, seed, EVAL_BATCH, run.rt.device)
 
     def grid(self, run, path):
         """Rows of 8: generator (EMA, one step), teacher (multi-step), auxiliary model (multi-step, no CFG)."""
@@ -158,9 +160,7 @@ class ImageTask:
         """The held-out data's scorer, built once per run (held-out images, feature network, reference features);
         None for released presets without --eval-data."""
         if not hasattr(self, "_evaluator"):
-            data = a.eval_data or ("toy" if "bundled" in PRESETS[self.preset] else None)
-            features = {"features": a.features} if a.features else {}
-            self._evaluator = Evaluator(data, n_ref=5000, **features) if data is not None else None
+            self._evaluator = held_out_evaluator(self.preset, a.eval_data, a.features)
         return self._evaluator
 
     def evaluate(self, run, extra=None, score=None):

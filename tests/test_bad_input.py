@@ -110,6 +110,8 @@ CASES = [  # (id, argv with {d} for the fixture folder, a fragment the message m
     ("full-size batches", ["bench.py", "full-size", "--batches", "1,x"], "--batches '1,x'"),
     ("sweep sets the joint", ["bench.py", "sweep", "--joint", "j.npy"], "sets --teacher, --joint and --out itself"),
     ("bench command", ["bench.py", "steps"], "usage: python bench.py"),
+    ("draws no run", ["bench.py", "draws", "--runs", "{d}/dimo,{d}/no_run"], "no_run: not a finished run"),
+    ("draws one draw", ["bench.py", "draws", "--runs", "{d}/dimo", "--draws", "1"], "--draws = 1"),
     ("sample steps 0", ["teacher.py", "sample", "--teacher", "maskbit-toy", "--steps", "0"], "--steps = 0"),
     ("sample label out of range", ["teacher.py", "sample", "--teacher", "maskbit-toy", "--labels", "3,12"],
      "outside [0, 9]"),

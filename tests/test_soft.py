@@ -196,9 +196,10 @@ def test_ablation_switches_run(init_run, cache, tmp_path, flags):
 
 
 def test_resume_is_bitwise(init_run, cache, tmp_path):
-    straight, _ = soft(init_run, cache, tmp_path / "straight", "--save-every", "2")
+    const = ["--lr-decay", "0"]                  # a decaying lr follows --steps, which this test raises at the resume
+    straight, _ = soft(init_run, cache, tmp_path / "straight", "--save-every", "2", *const)
     soft_refine.main(["--init", str(init_run), "--out", str(tmp_path / "split"), "--cache", cache, "--steps", "2",
-                      *FAST, *SOFT_FAST])
+                      *FAST, *SOFT_FAST, *const])
     soft_refine.main(["--resume", str(tmp_path / "split"), "--steps", "4"])
     a, b = (load_checkpoint(str(tmp_path / d / "checkpoint.pt")) for d in ("straight", "split"))
     assert a["step"] == b["step"] == 4
@@ -218,3 +219,34 @@ def test_torchrun_two_ranks_stay_identical(init_run, cache, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     m = json.load(open(tmp_path / "ddp" / "metrics.json"))
     assert m["world_size"] == 2 and m["global_batch"] == 8 and m["ranks_identical"]
+
+
+@pytest.fixture(scope="module")
+def soft_run(init_run, cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("soft")
+    return out, soft(init_run, cache, out)[1]
+
+
+def test_lr_decay_is_this_stages_own(init_run, cache, soft_run, tmp_path):
+    """By default the stage's lr decays linearly to 0 over its own steps (the preset's lr_decay, not the --init run's
+    schedule continued); --lr-decay 0 keeps it constant after warm-up."""
+    _, const = soft(init_run, cache, tmp_path / "const", "--lr-decay", "0")
+    lr = [r["lr"] for r in const]
+    assert lr == pytest.approx([1e-4 * (s + 1) / 100 for s in range(4)])     # warm-up of the --init run's 100 steps
+    assert [r["lr"] for r in soft_run[1]] == pytest.approx([v * (4 - s) / 4 for s, v in enumerate(lr)])
+
+
+def test_bench_draws_scores_runs_on_the_same_draws(init_run, soft_run, capsys):
+    """bench.py draws: draw 0 at the run's eval n reproduces the run's own reported FID; a run against itself
+    differs by exactly 0; the refined run is scored on the same draws."""
+    import bench
+    capsys.readouterr()
+    runs = f"{init_run},{soft_run[0]},{init_run}"
+    bench.main(["draws", "--runs", runs, "--first", "0", "--draws", "2", "--n", "20"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines() if line.startswith("{")]
+    assert [r["run"] for r in rows] == runs.split(",") and all(r["draws"] == [0, 1] for r in rows)
+    for folder, row in zip(runs.split(","), rows):
+        assert row["fid"][0] == json.load(open(os.path.join(folder, "metrics.json")))["fid_generator"]
+    assert rows[2]["fid"] == rows[0]["fid"] and rows[2]["fid_minus_first"] == 0
+    assert rows[1]["fid_minus_first"] == pytest.approx(sum(b - a for a, b in zip(rows[0]["fid"], rows[1]["fid"]))
+                                                           / 2, abs=1e-4)

@@ -205,7 +205,8 @@ def test_tteo_table_and_train_reward(init_run, tmp_path, capsys):
 
 
 def test_reward_run_resumes_bitwise(init_run, tmp_path):
-    common = ["--init", str(init_run), "--cache", str(tmp_path / "cache"), "--reward", "classifier", *FAST, *SOFT_FAST]
+    common = ["--init", str(init_run), "--cache", str(tmp_path / "cache"), "--reward", "classifier", *FAST, *SOFT_FAST,
+              "--lr-decay", "0"]                 # a decaying lr follows --steps, which this test raises at the resume
     soft_refine.main([*common, "--out", str(tmp_path / "straight"), "--steps", "4", "--save-every", "2"])
     soft_refine.main([*common, "--out", str(tmp_path / "split"), "--steps", "2"])
     soft_refine.main(["--resume", str(tmp_path / "split"), "--steps", "4"])
