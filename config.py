@@ -123,7 +123,8 @@ PRESETS["maskbit-toy"] = dict(
                  tune_temperature="0.1,0.15,0.2,0.3"),
     # soft_refine.py, measured here (README): the GAN judges softmax(z / 0.2), and a GAN-refined generator samples
     # best at 0.05-0.3, hence its own grid; the lr decays to 0 over the stage, like the Di[M]O run's: scored on 8
-    # fresh draws, a constant lr beat the start on 1 seed of 3, the decaying one on all 3 (FID -0.12 to -0.17)
+    # fresh draws, a constant lr beat the start on 1 seed of 3, the decaying one on all 3 (FID -0.12 to -0.17), and
+    # on 4 of 5 counting two more Di[M]O starts
     soft=dict(steps=400, lr=1e-4, lr_aux=None, lr_d=1e-3, w_gan=10.0, weight_decay=0.0, d_warmup=300,
               soft_temperature=0.2, lr_decay=1.0, tune_temperature="0.05,0.1,0.15,0.2,0.3,0.45"),
     bundled=dict(teacher=os.path.join(ASSETS, "maskbit_toy_teacher.pt"),
