@@ -13,6 +13,7 @@ README quotes; none is a test (they take minutes).
   the temperature its run tuned, scored on the same fresh draws (seeds 10-17 by default, 2000 samples each): mean and
   spread of FID, class consistency and recall, and each run's FID minus the first run's, paired draw by draw, with
   its standard error.  One draw's FID moves by about 0.1 from draw to draw; a run's own metrics.json reports one.
+  ``--teacher``: the teacher too (its preset's sampler, samples from the exact cache) and each run's ratio to it.
 * ``python bench.py full-size --presets maskbit-12bit,maskgit``: random weights of the full-size architectures,
   written in the released file layouts, loaded through ``--teacher-ckpt`` / ``--tokenizer-ckpt``; 2 distillation
   steps per batch size (fp32, then ``--amp --ema-cpu``) and one 16-step teacher sample of 2 images, each in a fresh
@@ -30,13 +31,13 @@ import numpy as np
 import torch
 
 import distill
-from config import ArgumentParser, UserError, check_range, cli, get_preset
-from eval import EVAL_BATCH, memory_table
+from config import PRESETS, ArgumentParser, UserError, check_range, cli, get_preset
+from eval import EVAL_BATCH, decode, memory_table, reference_tokens
 from generator import draw_r_init, generate, load_run, one_step_images, token_init
 from masking import guided_logits, random_mask
 from optim import ema_update
 from tasks import held_out_evaluator
-from teacher import build_teacher
+from teacher import build_teacher, load_pair
 from tokenizer import build_tokenizer
 from toy_vocab import family_joint
 
@@ -174,8 +175,13 @@ def main_draws(argv):
     parser = ArgumentParser(prog="bench.py draws", description="finished image runs scored on the same fresh draws")
     parser.add_argument("--runs", required=True, help="comma-separated run folders; the first is the baseline")
     parser.add_argument("--draws", type=int, default=8, help="sampling seeds first ... first+draws-1")
-    parser.add_argument("--first", type=int, default=10, help="first sampling seed (a run of seed S reports draw S, tuned on S+1)")
+    parser.add_argument("--first", type=int, default=10, help="first sampling seed (a run of seed S reports draw S "
+                        "and tunes on S+1)")
     parser.add_argument("--n", type=int, default=2000, help="samples per draw (FID depends on it)")
+    parser.add_argument("--teacher", action="store_true", help="also the runs' teacher (its preset's multi-step "
+                        "sampler) on the same draws, first, and each run's FID ratio to it")
+    parser.add_argument("--cache", default="runs/cache", help="exact cache of the teacher's samples "
+                        "(eval.reference_tokens, shared with eval.py teacher; '': none)")
     args = parser.parse_args(argv)
     check_range("--draws", args.draws, low=2)
     check_range("--n", args.n, low=10)
@@ -189,24 +195,37 @@ def main_draws(argv):
         differ = "; ".join(sorted(map(str, scorers)))
         raise UserError(f"--runs: the runs differ in teacher preset, --eval-data or --features ({differ}); compare "
                         f"runs of one teacher scored on the same data")
-    evaluator = held_out_evaluator(*scorers.pop())                       # the runs' own held-out scorer
+    preset, eval_data, features = scorers.pop()
+    evaluator = held_out_evaluator(preset, eval_data, features)         # the runs' own held-out scorer
     if evaluator is None:
         raise UserError("--runs: a released preset without --eval-data has no held-out images to score against")
     labels = torch.arange(args.n) % loaded[0][0].nclass
-    seeds, base = list(range(args.first, args.first + args.draws)), None
-    for folder, (gen, tokenizer, run, ckpt, temperature, _) in zip(folders, loaded):
-        rows = [evaluator(one_step_images(gen, tokenizer, labels, run["r_init"], run["sigma_init"], temperature, s,
-                                          EVAL_BATCH), labels) for s in seeds]   # the same draws for every run
+    seeds, first, teacher_fid = list(range(args.first, args.first + args.draws)), None, None
+
+    def summary(rows):
         scores = {k: np.array([r[k] for r in rows]) for k in ("fid", "class_acc", "recall")}
-        base = scores["fid"] if base is None else base
-        diff = scores["fid"] - base                                       # per draw, against the first run: paired
-        print(json.dumps(dict(run=folder, step=ckpt["step"], temperature=temperature, n=args.n, draws=seeds,
-                              fid=[round(float(v), 4) for v in scores["fid"]],
-                              **{f"{k}_mean": round(float(v.mean()), 4) for k, v in scores.items()},
-                              fid_sd=round(float(scores["fid"].std(ddof=1)), 4),
-                              fid_minus_first=round(float(diff.mean()), 4),
-                              fid_minus_first_se=round(float(diff.std(ddof=1) / np.sqrt(len(seeds))), 4))),
-              flush=True)
+        return scores["fid"], dict(n=args.n, draws=seeds, fid=[round(float(v), 4) for v in scores["fid"]],
+                                   **{f"{k}_mean": round(float(v.mean()), 4) for k, v in scores.items()},
+                                   fid_sd=round(float(scores["fid"].std(ddof=1)), 4))
+    if args.teacher:                                                     # the same labels and seeds, multi-step
+        run = loaded[0][2]
+        teacher, tokenizer, _ = load_pair(run["teacher"], run["teacher_ckpt"], run["tokenizer_ckpt"], verbose=False)
+        settings = PRESETS[preset]["sampler"]
+        fid, row = summary([evaluator(decode(teacher, tokenizer, reference_tokens(teacher, labels, settings, s,
+                                                                                  args.cache)[0]), labels)
+                            for s in seeds])
+        teacher_fid = fid.mean()
+        print(json.dumps(dict(run="teacher", steps=settings["steps"], **row)), flush=True)
+    for folder, (gen, tokenizer, run, ckpt, temperature, _) in zip(folders, loaded):
+        fid, row = summary([evaluator(one_step_images(gen, tokenizer, labels, run["r_init"], run["sigma_init"],
+                                                      temperature, s, EVAL_BATCH), labels) for s in seeds])
+        first = fid if first is None else first
+        diff = fid - first                                               # per draw, against the first run: paired
+        row.update(fid_minus_first=round(float(diff.mean()), 4),
+                   fid_minus_first_se=round(float(diff.std(ddof=1) / np.sqrt(len(seeds))), 4))
+        if teacher_fid is not None:
+            row["ratio_to_teacher"] = round(float(fid.mean() / teacher_fid), 4)
+        print(json.dumps(dict(run=folder, step=ckpt["step"], temperature=temperature, **row)), flush=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -236,14 +236,17 @@ def test_lr_decay_is_this_stages_own(init_run, cache, soft_run, tmp_path):
     assert [r["lr"] for r in soft_run[1]] == pytest.approx([v * (4 - s) / 4 for s, v in enumerate(lr)])
 
 
-def test_bench_draws_scores_runs_on_the_same_draws(init_run, soft_run, capsys):
-    """bench.py draws: draw 0 at the run's eval n reproduces the run's own reported FID; a run against itself
-    differs by exactly 0; the refined run is scored on the same draws."""
+def test_bench_draws_scores_runs_on_the_same_draws(init_run, soft_run, cache, capsys):
+    """bench.py draws: draw 0 at the run's eval n reproduces the run's own reported FID, and the teacher's; a run
+    against itself differs by exactly 0; the refined run is scored on the same draws."""
     import bench
     capsys.readouterr()
     runs = f"{init_run},{soft_run[0]},{init_run}"
-    bench.main(["draws", "--runs", runs, "--first", "0", "--draws", "2", "--n", "20"])
-    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines() if line.startswith("{")]
+    bench.main(["draws", "--runs", runs, "--first", "0", "--draws", "2", "--n", "20", "--teacher", "--cache", cache])
+    teacher, *rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines() if line[:1] == "{"]
+    assert teacher["run"] == "teacher" and teacher["steps"] == 16
+    assert teacher["fid"][0] == json.load(open(init_run / "metrics.json"))["fid_teacher"]
+    assert all(r["ratio_to_teacher"] == pytest.approx(r["fid_mean"] / teacher["fid_mean"], abs=1e-3) for r in rows)
     assert [r["run"] for r in rows] == runs.split(",") and all(r["draws"] == [0, 1] for r in rows)
     for folder, row in zip(runs.split(","), rows):
         assert row["fid"][0] == json.load(open(os.path.join(folder, "metrics.json")))["fid_generator"]
