@@ -378,8 +378,8 @@ def setup_run(a):
 
 
 def note_new_total(a, saved_steps):
-    """A resume that changes --steps moves a decaying lr's schedule (it follows the total): say so."""
-    if ddp.is_main() and a.lr_decay > 0 and a.steps != saved_steps:
+    """A resume that changes --steps moves a decaying lr's schedule (it follows the total): say so (main rank)."""
+    if a.lr_decay > 0 and a.steps != saved_steps:
         print(f"note: --steps {a.steps} replaces the run's {saved_steps}, and the decaying lr (--lr-decay "
               f"{a.lr_decay}) follows the new total from here on")
 

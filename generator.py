@@ -33,6 +33,7 @@ import os
 
 import torch
 
+import ddp
 from checkpoints import load_checkpoint
 from config import ArgumentParser, UserError, check_range, runtime
 from data import save_image_grid
@@ -145,8 +146,7 @@ def one_step_images(model, tokenizer, labels, r_init, sigma_init, temperature, s
     device (default: the model's): a run's evaluation and ``bench.py draws`` draw the same images from it."""
     g, out = torch.Generator().manual_seed(seed), []
     for lab in labels.split(batch):
-        tokens = generate(model, lab.to(next(model.parameters()).device), draw_r_init(r_init, g), sigma_init,
-                          temperature, g)
+        tokens = generate(model, lab.to(ddp.model_device(model)), draw_r_init(r_init, g), sigma_init, temperature, g)
         out.append(tokens_to_images(model, tokenizer, tokens.to(device or tokens.device)))
     return torch.cat(out)
 
