@@ -6,6 +6,7 @@ README quotes; none is a test (they take minutes).
   update) against the sum of the passes it needs, each timed alone on the same batch.  The ratio step / sum says how
   much the loop adds (goal: at most 1.15).  ``--versus=--compile`` (or ``--versus=--amp``): then full steps against a run
   with those flags added, alternated, with the speed-up and the steps after which a compilation has paid for itself.
+  ``--profile``: then the operators that take the most time over 5 full steps (torch.profiler).
 * ``python bench.py sweep --n 12 [distill.py flags]``: distill.py's toy-vocab defaults on N joints of a broad family
   (``toy_vocab.family_joint``: V 3-6, L 3-5, mixtures of 4-10 unequal modes or Markov chains, optional uniform
   floor); per joint the generator's TV, the one-step teacher's TV and the exact sampler's floor.
@@ -98,6 +99,24 @@ def bench_step(run, repeats):
                 sum_of_passes=round(alone, 4), ratio=round(med["full step"] / alone, 3))
 
 
+def profile_steps(run, steps=5, top=12):
+    """torch.profiler over full steps (after one warm-up): the operators with the most self time, each with its
+    seconds per step and share of the total."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def step():
+        distill.generator_update(run, 0, draw_r_init(run.args.r_init, run.rng), run.args.sigma_init)
+        distill.aux_update(run, 0, run.args.sigma_init)
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops)
+    return [dict(op=e.key, self_s_per_step=round(e.self_cpu_time_total / 1e6 / steps, 4),
+                 share=round(e.self_cpu_time_total / total, 3)) for e in ops[:top]]
+
+
 def bench_versus(base, other, flags, repeats):
     """Full steps of two runs that differ by flags (e.g. --compile, --amp), alternated, so that both see the same
     machine.  The other run's first step carries any one-off cost (compilation): with the median steps it says after
@@ -125,11 +144,16 @@ def main_step(argv):
     parser.add_argument("--versus", metavar="FLAGS", help="then full steps against a run with these distill.py flags "
                         "added, alternated, e.g. --versus=--compile or --versus=--amp (training steps only; evaluation "
                         "would compile again for its own batch sizes)")
+    parser.add_argument("--profile", action="store_true", help="then the operators with the most time over 5 full "
+                        "steps (torch.profiler), a line each")
     args, rest = parser.parse_known_args(argv)
     check_range("--repeats", args.repeats, low=1)
     a = distill.build_parser().parse_args(rest)
     run, _ = distill.setup_run(a)
     print(json.dumps(bench_step(run, args.repeats)))
+    if args.profile:
+        for row in profile_steps(run):
+            print(json.dumps(row))
     if args.versus:
         other, _ = distill.setup_run(distill.build_parser().parse_args(rest + args.versus.split()))
         print(json.dumps(bench_versus(run, other, args.versus, args.repeats)))

@@ -144,17 +144,27 @@ def get_preset(name):
 # ----------------------------------------------------------------------------------------------------------------
 # Device, dtype, autocast, compile: decided here, in one visible block, CPU first.
 # ----------------------------------------------------------------------------------------------------------------
+def cpu_has_bf16():
+    """Whether ATen's CPU kernels run bf16 natively here (AVX512-BF16 or AMX), rather than emulating it."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512") and (
+        torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
 def runtime(device="auto", amp=False, compile=False):
     """Pick the device and say how the hot path runs.  Trainable weights always stay float32.
 
-    amp: bf16 autocast.  On CUDA that is the paper's mixed precision; on CPU it is allowed (and slow) so that the
-    code path can be exercised here, but only when asked for explicitly.
+    amp: bf16 autocast.  On CUDA that is the paper's mixed precision.  On CPU only when asked for: it pays on CPUs
+    with bf16 matrix units (AMX; there the attention core stays float32, teacher.SelfAttention says why) and is
+    several times slower where bf16 is emulated (AVX2-only CPUs); README, Speed.
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device} asked for CUDA, but torch.cuda.is_available() is False; use --device cpu")
     dev = torch.device(device)
+    if amp and dev.type == "cpu" and not cpu_has_bf16():
+        print("note: --amp on this CPU emulates bf16 (no AVX512-BF16 or AMX kernels); a Di[M]O step ran 11x slower "
+              "than float32 that way (README, Speed): drop --amp", file=sys.stderr)
     autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
     maybe_compile = (lambda fn: torch.compile(fn)) if compile else (lambda fn: fn)
     return SimpleNamespace(device=dev, amp=amp, autocast=autocast, compile=maybe_compile)

@@ -258,7 +258,8 @@ def runtime_args(p):
     p.add_argument("--skip-nonfinite", action="store_true", help="skip steps with NaN/Inf instead of stopping")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA; on CPU only when asked)")
+    p.add_argument("--amp", action="store_true",
+                   help="bf16 autocast (on CPU it pays only with bf16 units such as AMX: README, Speed)")
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer passes")
 
 

@@ -226,6 +226,7 @@ class ImageTask:
                 np.save(os.path.join(a.out, "labels.npy"), extra_labels.numpy())
         with run.rt.autocast(), clock("speed reference"):               # beside the run's times: the machine's speed
             metrics["speed_teacher_images_per_s"] = teacher_images_per_s(run.teacher, self.sampler)
+        metrics["speed_reference_amp"] = run.rt.amp       # under --amp it times the bf16 teacher, not eval.py speed's
         metrics["seconds_evaluation"] = clock.seconds
         return metrics
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import config
 from config import runtime
 from distill import aux_loss, dimo_loss, dimo_surrogate, divergence_grad, entry_weights, main
 from generator import draw_r_init, generate, generator_logits, make_generator, perturb, sigma_at, token_init
@@ -156,6 +157,16 @@ def test_amp_and_compile_paths_run_on_cpu(tmp_path):
     eager = [json.loads(line) for line in open(tmp_path / "eager" / "log.jsonl")]
     assert len(fast) == len(eager) == 3
     assert fast[0]["divergence"] == pytest.approx(eager[0]["divergence"], rel=0.05)
+
+
+def test_amp_on_a_cpu_without_native_bf16_says_so(monkeypatch, capsys):
+    """--amp where bf16 is emulated (11x slower here, README) prints a one-line note; native bf16 and fp32 do not."""
+    for native, amp, noted in ((False, True, True), (True, True, False), (False, False, False)):
+        monkeypatch.setattr(config, "cpu_has_bf16", lambda: native)
+        rt = config.runtime("cpu", amp=amp)
+        err = capsys.readouterr().err
+        assert rt.amp == amp and (err.startswith("note: --amp on this CPU emulates bf16") and
+                                  err.count("\n") == 1) == noted, (native, amp, err)
 
 
 def test_aux_loss_is_cross_entropy_on_the_masked_entries_only():

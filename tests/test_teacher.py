@@ -6,7 +6,7 @@ import torch
 
 from config import PRESETS, UserError, maskbit_scale_to_w
 from masking import cfg, guidance_at, guided_logits, halton_counts, mask_ratio, random_mask
-from teacher import LFQBert, MaskTransformer, sample
+from teacher import LFQBert, MaskTransformer, SelfAttention, sample
 from tokenizer import bits_to_index, combine_tokens, expected_bits, index_to_bits, split_tokens
 
 
@@ -214,3 +214,34 @@ def test_attention_output_dropout_maskbit_only():
     assert (git.transformer.layers[0][0].fn(x) == 0).sum() == 0
     attn = bit.transformer.layers[0][0].eval()
     assert torch.equal(attn(x), attn.mha(x, x, x, need_weights=False)[0])
+
+
+def test_cpu_autocast_attention_is_the_official_one_with_a_float32_core(monkeypatch):
+    """Under CPU bf16 autocast, SelfAttention computes nn.MultiheadAttention itself so that the attention core runs
+    in float32 (teacher.py says why).  Outside autocast that computation is nn.MultiheadAttention's bit for bit,
+    dropout included; under autocast the core sees float32 and output and input gradient match float32's to bf16
+    precision."""
+    torch.manual_seed(0)
+    attn = SelfAttention(64, 4, dropout=0.1).train()
+    x = torch.randn(4, 17, 64, requires_grad=True)
+    torch.manual_seed(1)
+    official = attn.mha(x, x, x, need_weights=False)[0]
+    torch.manual_seed(1)
+    assert torch.equal(attn.cpu_autocast_attention(x), official)
+    attn.eval()
+    reference = attn(x)
+    (grad_reference,) = torch.autograd.grad(reference.square().sum(), x)
+    core_dtypes, sdpa = [], torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, *args, **kwargs):
+        core_dtypes.append(q.dtype)
+        return sdpa(q, k, v, *args, **kwargs)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attn(x)
+    (grad,) = torch.autograd.grad(out.float().square().sum(), x)
+    assert core_dtypes == [torch.float32] and out.dtype == torch.bfloat16
+    scale = reference.abs().max().item()
+    assert (out.float() - reference).abs().max().item() < 0.02 * scale
+    assert not torch.equal(out.float(), reference)                       # bf16 projections really ran
+    assert (grad - grad_reference).abs().max().item() < 0.02 * grad_reference.abs().max().item()
