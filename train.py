@@ -20,7 +20,10 @@ only, as in Di[M]O's auxiliary loss (MaskBit's MLMLoss averages over every entry
 ``real_tokens``: real images tokenized once and cached (soft_refine.py's discriminator reads them).
 
 Both write self-describing checkpoints atomically (``checkpoints.own_checkpoint``) and are deterministic for a seed.
+``--amp`` runs their forward passes under bf16 autocast, for CPUs with bf16 units: measured in the README, the
+teacher keeps its quality at 1.76x less time per step, the tokenizer loses about 1.2 dB of PSNR.
 """
+import contextlib
 import copy
 import math
 import os
@@ -55,6 +58,8 @@ def common_args(parser):
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast for the forward passes (on CPU it pays only "
+                        "with bf16 units such as AMX; it cost the tokenizer about 1.2 dB of PSNR: README, toy world)")
 
 
 def check_common(args):
@@ -67,8 +72,9 @@ def check_common(args):
 # Stage I: the LFQ tokenizer.
 # ----------------------------------------------------------------------------------------------------------------
 def train_tokenizer(model, images, steps, batch_size, lr, warmup, entropy_positions=512, gen=None, device="cpu",
-                    progress=True):
-    """Stage I loop; returns the loss of every step."""
+                    progress=True, autocast=contextlib.nullcontext):
+    """Stage I loop; returns the loss of every step.  Under autocast (bf16) only the encoder and decoder run in bf16:
+    the LFQ terms divide code affinities by a temperature of 0.01, so they and the losses stay float32."""
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
@@ -77,8 +83,10 @@ def train_tokenizer(model, images, steps, batch_size, lr, warmup, entropy_positi
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup)
         x = images[torch.randint(len(images), (batch_size,), generator=gen)].to(device)
-        z = model.encode_z(x)
-        recon = model.decode(model.quantize_z(z)[0])
+        with autocast():
+            z = model.encode_z(x)
+            recon = model.decode(model.quantize_z(z)[0])
+        z, recon = z.float(), recon.float()
         commitment, entropy = model.lfq_losses(z, entropy_positions, gen)
         loss = (recon - x).abs().mean() + F.mse_loss(recon, x) + commitment + entropy
         optimise(opt, model, loss, "tokenizer", step)
@@ -100,7 +108,7 @@ def main_tokenizer(argv=None):
     preset = get_preset(args.preset)
     if preset["family"] != "maskbit":
         raise UserError(f"tokenizer training builds an LFQ tokenizer; preset '{args.preset}' is {preset['family']}")
-    rt = runtime(args.device)
+    rt = runtime(args.device, args.amp)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     images, _, _ = load_images(args.data, "train", args.train_images if args.data == "toy" else None)
@@ -108,14 +116,14 @@ def main_tokenizer(argv=None):
     model = LFQTokenizer(preset["tokenizer"]).to(rt.device)
     t0 = time.time()
     train_tokenizer(model, images, args.steps, args.batch_size, args.lr, args.warmup, args.entropy_positions, gen,
-                    rt.device)
+                    rt.device, autocast=rt.autocast)
     model.eval()
     with torch.no_grad():
         recon = torch.cat([model.decode(model.encode(b.to(rt.device))[0]).cpu() for b in held_out.split(100)])
         used = torch.cat([model.images_to_indices(b.to(rt.device)).cpu() for b in held_out.split(100)]).unique()
     stats = dict(psnr_held_out=round(psnr(recon, held_out), 2), codes_used_held_out=int(used.numel()),
                  train_seconds=round(time.time() - t0, 1), steps=args.steps, batch_size=args.batch_size,
-                 data=args.data, seed=args.seed)
+                 data=args.data, seed=args.seed, amp=args.amp)
     save_checkpoint(own_checkpoint("tokenizer", args.preset, preset["tokenizer"], model.cpu(), stats=stats), args.out)
     print(f"wrote {args.out}: {stats}")
 
@@ -167,8 +175,9 @@ def decay_groups(model, weight_decay=0.045):
 
 
 def train_teacher(model, tokens, labels, steps, batch_size, lr, warmup, label_dropout=0.1, label_smoothing=0.1,
-                  ema_decay=0.999, gen=None, device="cpu", progress=True):
-    """Stage II loop on tokens [n, N, S] with labels [n]; returns (EMA copy of the model, loss of every step)."""
+                  ema_decay=0.999, gen=None, device="cpu", progress=True, autocast=contextlib.nullcontext):
+    """Stage II loop on tokens [n, N, S] with labels [n]; returns (EMA copy of the model, loss of every step).
+    Under autocast (bf16) the transformer runs in bf16, the cross-entropy in float32."""
     model.train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(decay_groups(model), lr=lr, betas=(0.9, 0.96))
@@ -181,8 +190,9 @@ def train_teacher(model, tokens, labels, steps, batch_size, lr, warmup, label_dr
         x0, y = tokens[idx].to(device), labels[idx].to(device)
         x_t, mask = random_mask(x0, model.mask_id, "arccos", generator=gen)
         drop = torch.rand(batch_size, generator=gen).to(device) < label_dropout
-        logits = model.logits(x_t, y, drop)                               # [B, N, S, V]
-        loss = masked_ce(logits, x0, mask, label_smoothing)
+        with autocast():
+            logits = model.logits(x_t, y, drop)                           # [B, N, S, V]
+        loss = masked_ce(logits.float(), x0, mask, label_smoothing)
         optimise(opt, model, loss, "teacher", step)
         ema_update(ema, model, ema_decay, step)
         losses.append(loss.item())
@@ -206,7 +216,7 @@ def main_teacher(argv=None):
     check_range("--label-smoothing", args.label_smoothing, 0, 1, high_open=True)
     check_range("--ema", args.ema, 0, 1, high_open=True)
     preset = get_preset(args.preset)
-    rt = runtime(args.device)
+    rt = runtime(args.device, args.amp)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     tokenizer, _ = load_model("tokenizer", args.preset, args.tokenizer, build_tokenizer)
@@ -223,10 +233,11 @@ def main_teacher(argv=None):
     del images
     t0 = time.time()
     ema, losses = train_teacher(model, tokens, labels, args.steps, args.batch_size, args.lr, args.warmup,
-                                args.label_dropout, args.label_smoothing, args.ema, gen, rt.device)
+                                args.label_dropout, args.label_smoothing, args.ema, gen, rt.device,
+                                autocast=rt.autocast)
     loss = torch.tensor(losses[-1])
     stats = dict(final_loss=round(loss.item(), 4), train_seconds=round(time.time() - t0, 1), steps=args.steps,
-                 batch_size=args.batch_size, data=args.data, seed=args.seed, tokenizer=args.tokenizer)
+                 batch_size=args.batch_size, data=args.data, seed=args.seed, tokenizer=args.tokenizer, amp=args.amp)
     save_checkpoint(own_checkpoint("teacher", args.preset, preset["generator"], ema.cpu(), stats=stats), args.out)
     print(f"wrote {args.out}: {stats}")
 

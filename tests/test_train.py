@@ -21,22 +21,33 @@ TINY_TOKENIZER = dict(token_size=8, num_channels=3, hidden_channels=32, channel_
                       entropy_loss_temperature=0.01, entropy_gamma=1.0)
 
 
-def test_tokenizer_steps_lower_the_loss():
+def bf16_autocast():
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("autocast", [None, bf16_autocast], ids=["fp32", "amp"])
+def test_tokenizer_steps_lower_the_loss(autocast):
+    """Also under bf16 autocast (train.py --amp), where the LFQ terms still see float32 latents."""
     torch.manual_seed(0)
     images, _ = toy_images(128, seed=0, size=16)
-    losses = train_tokenizer(LFQTokenizer(TINY_TOKENIZER), images, 40, 16, 2e-3, 5, 128,
-                             torch.Generator().manual_seed(0), progress=False)
+    model, lfq_dtypes = LFQTokenizer(TINY_TOKENIZER), []
+    lfq_losses = model.lfq_losses
+    model.lfq_losses = lambda z, *args: lfq_dtypes.append(z.dtype) or lfq_losses(z, *args)
+    losses = train_tokenizer(model, images, 40, 16, 2e-3, 5, 128, torch.Generator().manual_seed(0), progress=False,
+                             **({"autocast": autocast} if autocast else {}))
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
+    assert set(lfq_dtypes) == {torch.float32}
 
 
-def test_teacher_steps_lower_the_loss():
+@pytest.mark.parametrize("autocast", [None, bf16_autocast], ids=["fp32", "amp"])
+def test_teacher_steps_lower_the_loss(autocast):
     torch.manual_seed(0)
     model = LFQBert(img_size=16, hidden_dim=32, codebook_size=64, codebook_splits=2, depth=1, heads=2, mlp_dim=64,
                     dropout=0.0, nclass=2, input_stride=4)
     labels = torch.arange(256) % 2
     tokens = torch.where(labels[:, None, None] == 0, torch.tensor([1, 2]), torch.tensor([5, 6])).expand(256, 16, 2)
     ema, losses = train_teacher(model, tokens.clone(), labels, 60, 32, 3e-3, 5, gen=torch.Generator().manual_seed(0),
-                                progress=False)
+                                progress=False, **({"autocast": autocast} if autocast else {}))
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
     assert not all(torch.equal(a, b) for a, b in zip(ema.parameters(), model.parameters()))
 
