@@ -62,8 +62,9 @@ class SelfAttention(nn.Module):
 
     def cpu_autocast_attention(self, x):
         """nn.MultiheadAttention's computation under CPU bf16 autocast, with the attention core in float32: the
-        projections stay bf16, but the CPU's bf16 flash-attention backward is about 4x slower than its float32 one
-        (measured here: 11.1 vs 2.7 ms for B 32, 4 heads, 65 positions), which made ``--amp`` no faster on CPU."""
+        projections stay bf16, but the CPU's bf16 flash-attention backward took 5x the float32 one's time in a
+        Di[M]O step (``bench.py step --amp --profile`` without this path), which had made ``--amp`` barely faster
+        (README, Speed)."""
         m = self.mha
         qkv = nn.functional.linear(x, m.in_proj_weight, m.in_proj_bias)  # [B, N, 3D]
         q, k, v = (t.unflatten(-1, (m.num_heads, -1)).transpose(1, 2).float()
