@@ -213,8 +213,13 @@ def test_bench_step_and_sweep(tmp_path, capsys):
     family and summarises (both in a small form)."""
     import bench
     capsys.readouterr()
-    bench.main(["step", "--repeats", "1", "--teacher", "maskbit", "--batch-size", "4", "--device", "cpu"])
-    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    bench.main(["step", "--repeats", "1", "--teacher", "maskbit", "--batch-size", "4", "--device", "cpu",
+                "--profile"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines() if line.startswith("{")]
+    row, ops = lines[0], lines[1:]
+    assert len(ops) == 12 and {"aten::mm", "aten::addmm"} <= {op["op"] for op in ops}   # a transformer's step
+    assert 0 < sum(op["share"] for op in ops) <= 1.001 and [op["share"] for op in ops] == sorted(
+        (op["share"] for op in ops), reverse=True)
     assert set(row["seconds"]) == {"generator forward + backward", "teacher CFG pass", "auxiliary forward",
                                    "fresh generator sample", "auxiliary forward + backward", "Adam steps + EMA",
                                    "full step"}
