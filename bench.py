@@ -48,6 +48,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # ----------------------------------------------------------------------------------------------------------------
 # step: the loop's overhead over its passes.
 # ----------------------------------------------------------------------------------------------------------------
+def full_step(run):
+    """One Di[M]O iteration as distill.py makes it (at step 0): the generator update, then the auxiliary update."""
+    distill.generator_update(run, 0, draw_r_init(run.args.r_init, run.rng), run.args.sigma_init)
+    distill.aux_update(run, 0, run.args.sigma_init)
+
+
 def bench_step(run, repeats):
     """Median seconds of a full step and of each pass alone (alternated, K repeats after one warm-up round)."""
     a, rng, dev = run.args, run.rng, run.rt.device
@@ -84,11 +90,9 @@ def bench_step(run, repeats):
                                                                 "auxiliary forward + backward") else 1)
                 for name in parts}                                       # how often a step runs each pass
     per_step["Adam steps + EMA"] = 1
-    step = lambda: (distill.generator_update(run, 0, draw_r_init(a.r_init, rng), a.sigma_init),
-                    distill.aux_update(run, 0, a.sigma_init))
     times = {name: [] for name in [*parts, "full step"]}
     for _ in range(repeats + 1):
-        for name, fn in [*parts.items(), ("full step", step)]:
+        for name, fn in [*parts.items(), ("full step", lambda: full_step(run))]:
             times[name].append(timed(fn))
             for m in (run.gen, run.aux):
                 m.zero_grad(set_to_none=True)
@@ -103,14 +107,10 @@ def profile_steps(run, steps=5, top=12):
     """torch.profiler over full steps (after one warm-up): the operators with the most self time, each with its
     seconds per step and share of the total."""
     from torch.profiler import ProfilerActivity, profile
-
-    def step():
-        distill.generator_update(run, 0, draw_r_init(run.args.r_init, run.rng), run.args.sigma_init)
-        distill.aux_update(run, 0, run.args.sigma_init)
-    step()
+    full_step(run)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
-            step()
+            full_step(run)
     ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in ops)
     return [dict(op=e.key, self_s_per_step=round(e.self_cpu_time_total / 1e6 / steps, 4),
@@ -123,8 +123,7 @@ def bench_versus(base, other, flags, repeats):
     how many steps the switch has paid for itself."""
     def step(run):
         t0 = time.perf_counter()
-        distill.generator_update(run, 0, draw_r_init(run.args.r_init, run.rng), run.args.sigma_init)
-        distill.aux_update(run, 0, run.args.sigma_init)
+        full_step(run)
         return time.perf_counter() - t0
     times = {"base": [], "other": []}
     for _ in range(repeats + 1):

@@ -61,10 +61,8 @@ class SelfAttention(nn.Module):
         return self.dropout(self.mha(x, x, x, need_weights=False)[0])
 
     def cpu_autocast_attention(self, x):
-        """nn.MultiheadAttention's computation under CPU bf16 autocast, with the attention core in float32: the
-        projections stay bf16, but the CPU's bf16 flash-attention backward took 5x the float32 one's time in a
-        Di[M]O step (``bench.py step --amp --profile`` without this path), which had made ``--amp`` barely faster
-        (README, Speed)."""
+        """nn.MultiheadAttention's computation, bf16 projections and a float32 core: the CPU's bf16 flash-attention
+        backward took 5x the float32 one's time, which had kept ``--amp`` from paying on CPU (README, Speed)."""
         m = self.mha
         qkv = nn.functional.linear(x, m.in_proj_weight, m.in_proj_bias)  # [B, N, 3D]
         q, k, v = (t.unflatten(-1, (m.num_heads, -1)).transpose(1, 2).float()
