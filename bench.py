@@ -1,12 +1,15 @@
-"""Measurements that run the distillation itself: where a step's time goes, whether the toy proof holds beyond the
-joint it was tuned on, and what the released architectures cost at full size.  Each prints JSON lines that the
+"""Measurements that run the distillation itself: where a step's time goes (and the toy world's training steps'),
+whether the toy proof holds beyond the joint it was tuned on, and what the released architectures cost at full size.  Each prints JSON lines that the
 README quotes; none is a test (they take minutes).
 
 * ``python bench.py step --teacher maskbit [distill.py flags]``: one full Di[M]O step (generator update + auxiliary
   update) against the sum of the passes it needs, each timed alone on the same batch.  The ratio step / sum says how
   much the loop adds (goal: at most 1.15).  ``--versus=--compile`` (or ``--versus=--amp``): then full steps against a run
-  with those flags added, alternated, with the speed-up and the steps after which a compilation has paid for itself.
-  ``--profile``: then the operators that take the most time over 5 full steps (torch.profiler).
+  with those flags added, alternated, with the speed-up and the steps after which a compilation has paid for itself,
+  and how far those flags move one generator pass's logits and gradients (``precision_gap``).  ``--profile``: then the operators that take the most time over 5 full steps (torch.profiler).
+* ``python bench.py toy-world [--profile]``: a step of each training loop of the bundled assets (train.py tokenizer,
+  train.py teacher, eval.py train-features, at their default batches), natively and again in a child process with
+  this CPU's kernels restricted to AVX2 (``AVX2_ENV``), side by side; ``--profile``: each stage's top operators.
 * ``python bench.py sweep --n 12 [distill.py flags]``: distill.py's toy-vocab defaults on N joints of a broad family
   (``toy_vocab.family_joint``: V 3-6, L 3-5, mixtures of 4-10 unequal modes or Markov chains, optional uniform
   floor); per joint the generator's TV, the one-step teacher's TV and the exact sampler's floor.
@@ -30,10 +33,12 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import distill
 from config import PRESETS, ArgumentParser, UserError, check_range, cli, get_preset
-from eval import EVAL_BATCH, decode, memory_table, reference_tokens
+from data import load_images
+from eval import EVAL_BATCH, FeatureNet, augment, decode, fit_classifier, memory_table, reference_tokens
 from generator import draw_r_init, generate, load_run, one_step_images, token_init
 from masking import guided_logits, random_mask
 from optim import ema_update
@@ -41,6 +46,7 @@ from tasks import held_out_evaluator
 from teacher import build_teacher, load_pair
 from tokenizer import build_tokenizer
 from toy_vocab import family_joint
+from train import tokenize, train_teacher, train_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -103,18 +109,43 @@ def bench_step(run, repeats):
                 sum_of_passes=round(alone, 4), ratio=round(med["full step"] / alone, 3))
 
 
-def profile_steps(run, steps=5, top=12):
-    """torch.profiler over full steps (after one warm-up): the operators with the most self time, each with its
-    seconds per step and share of the total."""
+def top_operators(run_steps, steps=5, top=12):
+    """torch.profiler over run_steps(steps) (after run_steps(1) as a warm-up): the operators with the most self
+    time, each with its seconds per step and share of the total."""
     from torch.profiler import ProfilerActivity, profile
-    full_step(run)
+    run_steps(1)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(steps):
-            full_step(run)
+        run_steps(steps)
     ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in ops)
     return [dict(op=e.key, self_s_per_step=round(e.self_cpu_time_total / 1e6 / steps, 4),
                  share=round(e.self_cpu_time_total / total, 3)) for e in ops[:top]]
+
+
+def precision_gap(base, other, seed=0):
+    """How far the other run's arithmetic (e.g. --amp, --compile) moves one generator pass from the base run's: the
+    relative difference of the logits and of the parameter gradients of a cross-entropy, same weights, same masked
+    tokens, dropout off (the base generator's weights are first copied into the other's)."""
+    other.gen.load_state_dict(base.gen.state_dict())
+    g = torch.Generator().manual_seed(seed)
+    t = base.teacher
+    x0 = torch.randint(0, t.vocab, (base.args.batch_size, t.seq_len, t.splits), generator=g)   # [B, N, S]
+    x_t, _ = random_mask(x0, t.mask_id, base.args.schedule, generator=g)
+    labels = torch.randint(0, t.nclass, (base.args.batch_size,), generator=g)
+
+    def one_pass(run):
+        gen, training = run.gen, run.gen.training
+        gen.eval().zero_grad(set_to_none=True)
+        with run.rt.autocast():
+            logits = gen.logits(x_t.to(run.rt.device), labels.to(run.rt.device)).float()   # [B, N, S, V]
+        F.cross_entropy(logits.flatten(0, 2), x0.to(run.rt.device).flatten()).backward()
+        grads = torch.cat([p.grad.flatten() for p in gen.parameters() if p.grad is not None])
+        gen.train(training).zero_grad(set_to_none=True)
+        return logits.detach(), grads
+
+    (logits_a, grads_a), (logits_b, grads_b) = one_pass(base), one_pass(other)
+    return dict(logits_rel_diff=float(f"{((logits_b - logits_a).norm() / logits_a.norm()).item():.3g}"),
+                grad_rel_diff=float(f"{((grads_b - grads_a).norm() / grads_a.norm()).item():.3g}"))
 
 
 def bench_versus(base, other, flags, repeats):
@@ -151,11 +182,83 @@ def main_step(argv):
     run, _ = distill.setup_run(a)
     print(json.dumps(bench_step(run, args.repeats)))
     if args.profile:
-        for row in profile_steps(run):
+        for row in top_operators(lambda k: [full_step(run) for _ in range(k)]):
             print(json.dumps(row))
     if args.versus:
         other, _ = distill.setup_run(distill.build_parser().parse_args(rest + args.versus.split()))
-        print(json.dumps(bench_versus(run, other, args.versus, args.repeats)))
+        timing = bench_versus(run, other, args.versus, args.repeats)     # first: its first step carries a compile
+        print(json.dumps(dict(timing, **precision_gap(run, other))))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# toy-world: the training steps of the bundled assets, natively and with AVX2 kernels.
+# ----------------------------------------------------------------------------------------------------------------
+# How this CPU is made to run the kernels of an AVX2-only one (oneDNN, ATen and MKL each read their own variable).
+AVX2_ENV = dict(ONEDNN_MAX_CPU_ISA="AVX2", ATEN_CPU_CAPABILITY="avx2", MKL_ENABLE_INSTRUCTIONS="AVX2")
+
+
+def toy_world_stages(n_images=1024, seed=0):
+    """-> {stage: (batch, fn(k))}: fn runs k steps of that stage's own training loop (train.py tokenizer, train.py
+    teacher, eval.py train-features) at its command's default batch, on fresh weights and toy images."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    preset = get_preset("maskbit-toy")
+    images, labels, nclass = load_images("toy", "train", n_images)
+    shipped_teacher, shipped_tokenizer, _ = load_pair("maskbit-toy", verbose=False)
+    tokens = tokenize(shipped_tokenizer, shipped_teacher, images, "cpu")  # [n, N, S]
+    tokenizer = build_tokenizer("maskbit", preset["tokenizer"])
+    teacher = build_teacher("maskbit", preset["generator"])
+    features = FeatureNet(nclass)
+    opt = torch.optim.Adam(features.parameters(), lr=2e-3)
+    return dict(tokenizer=(32, lambda k: train_tokenizer(tokenizer, images, k, 32, 1e-3, 100, gen=gen,
+                                                          progress=False)),
+                teacher=(128, lambda k: train_teacher(teacher, tokens, labels, k, 128, 1e-3, 100, gen=gen,
+                                                       progress=False)),
+                features=(128, lambda k: fit_classifier(features, opt, lambda step: 2e-3, augment, images, labels, k,
+                                                        128, gen)))
+
+
+def toy_world_rows(steps, profile):
+    """One row per stage (seconds per step, median of `steps` single steps after a warm-up), then its operators."""
+    rows = []
+    for stage, (batch, run_steps) in toy_world_stages().items():
+        run_steps(1)
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            run_steps(1)
+            times.append(time.perf_counter() - t0)
+        rows.append(dict(stage=stage, batch_size=batch, step_s=round(float(np.median(times)), 4)))
+        if profile:
+            rows += [dict(stage=stage, **op) for op in top_operators(run_steps, top=8)]
+    return rows
+
+
+def main_toy_world(argv):
+    parser = ArgumentParser(prog="bench.py toy-world", description="the toy world's training steps, natively and "
+                            "with AVX2 kernels")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per stage (the median is reported)")
+    parser.add_argument("--profile", action="store_true", help="also the operators with the most time per stage "
+                        "over 5 steps (torch.profiler)")
+    parser.add_argument("--native-only", action="store_true", help="skip the second run with AVX2 kernels")
+    args = parser.parse_args(argv)
+    check_range("--steps", args.steps, low=1)
+    rows = toy_world_rows(args.steps, args.profile)
+    if not args.native_only:                                             # a child: the kernels are chosen at start-up
+        cmd = [sys.executable, os.path.join(HERE, "bench.py"), "toy-world", "--native-only"] + argv
+        proc = subprocess.run(cmd, env=dict(os.environ, **AVX2_ENV), capture_output=True, text=True, cwd=HERE)
+        if proc.returncode != 0:
+            raise UserError(f"bench.py toy-world with AVX2 kernels failed: {proc.stderr.strip().splitlines()[-1:]}")
+        avx2 = {(r["stage"], r.get("op")): r for r in map(json.loads, proc.stdout.split("\n")[:-1])}
+        for row in rows:
+            other = avx2.get((row["stage"], row.get("op")), {})
+            for key in ("step_s", "share"):
+                if key in row and key in other:
+                    row[f"{key}_avx2"] = other[key]
+            if "step_s_avx2" in row:
+                row["avx2_slowdown"] = round(row["step_s_avx2"] / row["step_s"], 3)
+    for row in rows:
+        print(json.dumps(row))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -338,8 +441,9 @@ def main_full_size(argv):
 
 
 def main(argv):
-    """python bench.py {step,sweep,draws,full-size} ..."""
-    commands = {"step": main_step, "sweep": main_sweep, "draws": main_draws, "full-size": main_full_size}
+    """python bench.py {step,toy-world,sweep,draws,full-size} ..."""
+    commands = {"step": main_step, "toy-world": main_toy_world, "sweep": main_sweep, "draws": main_draws,
+                "full-size": main_full_size}
     if not argv or argv[0] not in commands:
         raise UserError(f"usage: python bench.py {{{','.join(commands)}}} [--help]")
     commands[argv[0]](argv[1:])

@@ -92,6 +92,18 @@ def augment(x, gen):
     return (x + 0.04 * torch.rand(b, 1, 1, 1, generator=gen) * torch.randn(x.shape, generator=gen)).clamp(0, 1)
 
 
+def fit_classifier(net, opt, lr_at, augment_fn, images, labels, steps, batch_size, gen):
+    """train_classifier's loop: steps of cross-entropy on random batches of images [n, 3, H, W], labels [n]."""
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        idx = torch.randint(len(images), (batch_size,), generator=gen)
+        loss = F.cross_entropy(net(augment_fn(images[idx], gen)), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
 def train_classifier(build, optimiser, lr_at, augment_fn, data, steps, batch_size, seed):
     """Cross-entropy training of the classifier build(nclass) with optimiser(parameters) on the train split of data,
     learning rate lr_at(step), images through augment_fn(x, gen); -> (net in eval mode, stats with the accuracy on
@@ -103,14 +115,7 @@ def train_classifier(build, optimiser, lr_at, augment_fn, data, steps, batch_siz
     net = build(nclass)
     opt = optimiser(net.parameters())
     t0 = time.time()
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        idx = torch.randint(len(images), (batch_size,), generator=gen)
-        loss = F.cross_entropy(net(augment_fn(images[idx], gen)), labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    fit_classifier(net, opt, lr_at, augment_fn, images, labels, steps, batch_size, gen)
     net.eval()
     with torch.no_grad():
         acc = torch.cat([net(b).argmax(1) for b in test.split(500)]).eq(test_labels).float().mean().item()

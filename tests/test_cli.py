@@ -203,6 +203,39 @@ def test_released_presets_get_the_papers_distillation_defaults():
     assert PRESETS["maskbit-toy"]["distill"] is not PRESETS["maskgit"]["distill"]
 
 
+def test_precision_gap_is_zero_for_the_same_arithmetic(tmp_path):
+    """bench.precision_gap compares one generator pass of two runs on the same weights: two float32 runs give the
+    same logits and gradients bit for bit, even after the base run has trained (its weights are copied over)."""
+    import bench
+    import distill
+    runs = [distill.setup_run(distill.build_parser().parse_args(["--teacher", "maskbit", "--batch-size", "4",
+                                                                 "--out", str(tmp_path / name)]))[0]
+            for name in ("a", "b")]
+    bench.full_step(runs[0])
+    assert bench.precision_gap(*runs) == dict(logits_rel_diff=0.0, grad_rel_diff=0.0)
+    assert all(p.grad is None for run in runs for p in run.gen.parameters()) and runs[1].gen.training
+
+
+def test_bench_toy_world_times_each_stage_natively_and_with_avx2_kernels(capsys):
+    """bench.py toy-world: each training loop of the bundled assets timed, profiled, and again in a child process
+    with AVX2 kernels, side by side; the tokenizer and feature network are convolution-bound, the teacher not."""
+    import bench
+    capsys.readouterr()
+    bench.main(["toy-world", "--steps", "1", "--profile"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines() if line.startswith("{")]
+    stages = {r["stage"]: r for r in rows if "op" not in r}
+    assert list(stages) == ["tokenizer", "teacher", "features"]
+    assert [stages[s]["batch_size"] for s in stages] == [32, 128, 128]
+    for row in stages.values():
+        assert row["step_s"] > 0 and row["step_s_avx2"] > 0
+        assert row["avx2_slowdown"] == pytest.approx(row["step_s_avx2"] / row["step_s"], rel=0.02)
+    ops = {s: [r["op"] for r in rows if r.get("op") and r["stage"] == s] for s in stages}
+    assert all(len(v) == 8 for v in ops.values())
+    assert "aten::convolution_backward" in ops["tokenizer"] and "aten::convolution_backward" in ops["features"]
+    assert "aten::convolution_backward" not in ops["teacher"] and "aten::mm" in ops["teacher"]
+    assert any("share_avx2" in r for r in rows if r.get("op"))
+
+
 def test_config_json_records_the_defaults_used(image_run):
     config = json.load(open(image_run / "config.json"))
     assert config["defaults_used"]["lr"] == "preset maskbit-toy" and "steps" not in config["defaults_used"]
@@ -231,6 +264,7 @@ def test_bench_step_and_sweep(tmp_path, capsys):
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["versus"] == "--amp" and row["step_s"] > 0 and row["step_s_versus"] > 0
     assert row["speedup"] == pytest.approx(row["step_s"] / row["step_s_versus"], rel=1e-2)
+    assert 1e-4 < row["logits_rel_diff"] < 0.05 and 1e-4 < row["grad_rel_diff"] < 0.05   # bf16 moved it, a little
     bench.main(["sweep", "--n", "2", "--first", "3", "--out", str(tmp_path), "--steps", "3", "--mdm-steps", "3",
                 "--eval-n", "300"])
     sweep = json.load(open(tmp_path / "sweep.json"))
