@@ -1,12 +1,13 @@
 """Measurements that run the distillation itself: where a step's time goes (and the toy world's training steps'),
-whether the toy proof holds beyond the joint it was tuned on, and what the released architectures cost at full size.  Each prints JSON lines that the
-README quotes; none is a test (they take minutes).
+whether the toy proof holds beyond the joint it was tuned on, and what the released architectures cost at full size.
+Each prints JSON lines that the README quotes; none is a test (they take minutes).
 
 * ``python bench.py step --teacher maskbit [distill.py flags]``: one full Di[M]O step (generator update + auxiliary
   update) against the sum of the passes it needs, each timed alone on the same batch.  The ratio step / sum says how
-  much the loop adds (goal: at most 1.15).  ``--versus=--compile`` (or ``--versus=--amp``): then full steps against a run
-  with those flags added, alternated, with the speed-up and the steps after which a compilation has paid for itself,
-  and how far those flags move one generator pass's logits and gradients (``precision_gap``).  ``--profile``: then the operators that take the most time over 5 full steps (torch.profiler).
+  much the loop adds (goal: at most 1.15).  ``--versus=--compile`` (or ``--versus=--amp``): then full steps against a
+  run with those flags added, alternated, with the speed-up and the steps after which a compilation has paid for
+  itself, and how far those flags move one generator pass's logits and gradients (``precision_gap``).  ``--profile``:
+  then the operators that take the most time over 5 full steps (torch.profiler).
 * ``python bench.py toy-world [--profile]``: a step of each training loop of the bundled assets (train.py tokenizer,
   train.py teacher, eval.py train-features, at their default batches), natively and again in a child process with
   this CPU's kernels restricted to AVX2 (``AVX2_ENV``), side by side; ``--profile``: each stage's top operators.

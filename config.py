@@ -204,6 +204,18 @@ def check_range(name, value, low=None, high=None, low_open=False, high_open=Fals
     return value
 
 
+def parse_labels(text, n, nclass):
+    """'3' or '0,1,2' (cycled to n) or None (0, 1, ..., nclass-1 cycled) -> [n] int64."""
+    try:
+        values = list(range(nclass)) if text is None else [int(v) for v in str(text).split(",")]
+    except ValueError:
+        raise UserError(f"--labels '{text}' must be comma-separated class ids, e.g. 0,3,7") from None
+    bad = [v for v in values if not 0 <= v < nclass]
+    if bad:
+        raise UserError(f"--labels {bad[:3]} outside [0, {nclass - 1}] (this teacher has {nclass} classes)")
+    return torch.tensor([values[i % len(values)] for i in range(n)])
+
+
 if __name__ == "__main__":
     for name, p in PRESETS.items():
         g = p["generator"]

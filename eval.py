@@ -33,11 +33,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from checkpoints import FORMAT, cached, fingerprint, load_checkpoint, save_checkpoint
-from config import ASSETS, PRESETS, ArgumentParser, UserError, check_range, cli, get_preset, runtime
+from config import ASSETS, PRESETS, ArgumentParser, UserError, check_range, cli, get_preset, parse_labels, runtime
 from data import load_images, save_image_grid, to_uint8
 from generator import generate, make_generator
-from teacher import (add_sampler_args, build_teacher, load_pair, parse_labels, sample, sampler_settings,
-                     tokens_to_images)
+from teacher import add_sampler_args, build_teacher, load_pair, sample, sampler_settings, tokens_to_images
 from tokenizer import build_tokenizer
 
 FEATURES = os.path.join(ASSETS, "eval_features.pt")

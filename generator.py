@@ -35,9 +35,9 @@ import torch
 
 import ddp
 from checkpoints import load_checkpoint
-from config import ArgumentParser, UserError, check_range, runtime
+from config import ArgumentParser, UserError, check_range, parse_labels, runtime
 from data import save_image_grid
-from teacher import LFQBert, load_pair, parse_labels, tokens_to_images
+from teacher import LFQBert, load_pair, tokens_to_images
 
 
 def token_init(model, batch, r_init, generator=None, device="cpu"):

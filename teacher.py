@@ -34,7 +34,8 @@ import torch
 import torch.nn as nn
 
 from checkpoints import load_model
-from config import PRESETS, ArgumentParser, UserError, check_range, get_preset, maskbit_scale_to_w, runtime
+from config import (PRESETS, ArgumentParser, UserError, check_range, get_preset, maskbit_scale_to_w, parse_labels,
+                    runtime)
 from data import save_image_grid
 from masking import SCHEDULES, STEP_COUNTS, guidance_at, guided_logits, halton_counts, maskbit_masked_after
 from tokenizer import build_tokenizer, combine_tokens, expected_bits, index_to_bits, split_tokens
@@ -57,19 +58,26 @@ class SelfAttention(nn.Module):
 
     def forward(self, x):
         if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            return self.dropout(self.cpu_autocast_attention(x))
-        return self.dropout(self.mha(x, x, x, need_weights=False)[0])
+            return self.dropout(self.explicit_attention(x, seq_first=False))
+        if x.device.type == "cpu" and self.training:
+            return self.dropout(self.explicit_attention(x, seq_first=True))
+        return self.dropout(self.mha(x, x, x, need_weights=False)[0])  # eval: its fastpath, as the caches were made
 
-    def cpu_autocast_attention(self, x):
-        """nn.MultiheadAttention's computation, bf16 projections and a float32 core: the CPU's bf16 flash-attention
-        backward took 5x the float32 one's time, which had kept ``--amp`` from paying on CPU (README, Speed)."""
-        m = self.mha
-        qkv = nn.functional.linear(x, m.in_proj_weight, m.in_proj_bias)  # [B, N, 3D]
-        q, k, v = (t.unflatten(-1, (m.num_heads, -1)).transpose(1, 2).float()
-                   for t in qkv.chunk(3, dim=-1))                        # [B, N, D] -> [B, H, N, D/H]
+    def explicit_attention(self, x, seq_first):
+        """nn.MultiheadAttention's computation, written out, [B, N, D] -> [B, N, D].  seq_first keeps its [N, B, D] row
+        order: then it equals nn.MultiheadAttention bit for bit, forward and backward, minus one copy of the packed
+        projection (a float32 training step 1.1x faster on CPU).  Under CPU autocast the projections run in bf16 and
+        the core (SDPA) in float32: the CPU's bf16 flash-attention backward took 5x the float32 one's time (README,
+        Speed); that path keeps the [B, N, D] order its --amp runs were measured with."""
+        m, (b, n) = self.mha, x.shape[:2]
+        qkv = nn.functional.linear(x.transpose(0, 1) if seq_first else x, m.in_proj_weight, m.in_proj_bias)
+        order = (1, 2, 0, 3) if seq_first else (0, 2, 1, 3)              # [N|B, B|N, H, D/H] -> [B, H, N, D/H]
+        q, k, v = (t.unflatten(-1, (m.num_heads, -1)).permute(order).float() for t in qkv.chunk(3, dim=-1))
         with torch.autocast("cpu", enabled=False):
             o = nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=m.dropout if self.training else 0.0)
-        return m.out_proj(o.transpose(1, 2).flatten(2))                 # [B, H, N, D/H] -> [B, N, D]
+        if seq_first:
+            return m.out_proj(o.permute(2, 0, 1, 3).reshape(n, b, -1)).transpose(0, 1)   # -> [N, B, D] -> [B, N, D]
+        return m.out_proj(o.transpose(1, 2).flatten(2))                  # [B, H, N, D/H] -> [B, N, D]
 
 
 class FeedForward(nn.Module):
@@ -396,18 +404,6 @@ def sampler_settings(args, preset):
     check_range("--guidance", s["guidance"], low=0)
     check_range("--scale-pow", s["scale_pow"], low=0, low_open=True)
     return s
-
-
-def parse_labels(text, n, nclass):
-    """'3' or '0,1,2' (cycled to n) or None (0, 1, ..., nclass-1 cycled) -> [n] int64."""
-    try:
-        values = list(range(nclass)) if text is None else [int(v) for v in str(text).split(",")]
-    except ValueError:
-        raise UserError(f"--labels '{text}' must be comma-separated class ids, e.g. 0,3,7") from None
-    bad = [v for v in values if not 0 <= v < nclass]
-    if bad:
-        raise UserError(f"--labels {bad[:3]} outside [0, {nclass - 1}] (this teacher has {nclass} classes)")
-    return torch.tensor([values[i % len(values)] for i in range(n)])
 
 
 def main_sample(argv=None):

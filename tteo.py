@@ -36,13 +36,13 @@ from collections import Counter
 import numpy as np
 import torch
 
-from config import PRESETS, ArgumentParser, UserError, check_range, cli, runtime
+from config import PRESETS, ArgumentParser, UserError, check_range, cli, parse_labels, runtime
 from data import save_image_grid
 from eval import Evaluator
 from generator import draw_r_init, init_embeddings, load_run, make_generator, sample_tokens, token_init
 from rewards import main_train, parse_rewards, score
 from soft_refine import soft_images
-from teacher import load_pair, parse_labels, tokens_to_images
+from teacher import load_pair, tokens_to_images
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -216,18 +216,26 @@ def test_attention_output_dropout_maskbit_only():
     assert torch.equal(attn(x), attn.mha(x, x, x, need_weights=False)[0])
 
 
-def test_cpu_autocast_attention_is_the_official_one_with_a_float32_core(monkeypatch):
-    """Under CPU bf16 autocast, SelfAttention computes nn.MultiheadAttention itself so that the attention core runs
-    in float32 (teacher.py says why).  Outside autocast that computation is nn.MultiheadAttention's bit for bit,
-    dropout included; under autocast the core sees float32 and output and input gradient match float32's to bf16
-    precision."""
+def test_explicit_attention_is_the_official_one_and_float32_at_its_core_under_autocast(monkeypatch):
+    """SelfAttention computes nn.MultiheadAttention itself in two cases (teacher.py says why).  In float32 training,
+    in the official [N, B, D] row order: equal to nn.MultiheadAttention bit for bit, output and every gradient,
+    dropout included.  Under CPU bf16 autocast: in both row orders the same computation outside autocast, and under it
+    the core sees float32, output and input gradient match float32's to bf16 precision."""
     torch.manual_seed(0)
     attn = SelfAttention(64, 4, dropout=0.1).train()
     x = torch.randn(4, 17, 64, requires_grad=True)
     torch.manual_seed(1)
     official = attn.mha(x, x, x, need_weights=False)[0]
+    official_grads = torch.autograd.grad(official.square().sum(), [x, *attn.parameters()])
+    for seq_first in (True, False):
+        torch.manual_seed(1)
+        assert torch.equal(attn.explicit_attention(x, seq_first), official)
+    monkeypatch.setattr(attn.mha, "forward", None)                       # training must not go through it
     torch.manual_seed(1)
-    assert torch.equal(attn.cpu_autocast_attention(x), official)
+    out = attn(x)
+    grads = torch.autograd.grad(out.square().sum(), [x, *attn.parameters()])
+    assert torch.equal(out, official) and all(torch.equal(a, b) for a, b in zip(grads, official_grads))
+    monkeypatch.undo()
     attn.eval()
     reference = attn(x)
     (grad_reference,) = torch.autograd.grad(reference.square().sum(), x)
