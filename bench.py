@@ -39,7 +39,8 @@ import torch.nn.functional as F
 import distill
 from config import PRESETS, ArgumentParser, UserError, check_range, cli, get_preset
 from data import load_images
-from eval import EVAL_BATCH, FeatureNet, augment, decode, fit_classifier, memory_table, reference_tokens
+from eval import (EVAL_BATCH, FEATURES_LR, FeatureNet, augment, decode, fit_classifier, memory_table, reference_tokens,
+                  train_features_parser)
 from generator import draw_r_init, generate, load_run, one_step_images, token_init
 from masking import guided_logits, random_mask
 from optim import ema_update
@@ -47,7 +48,7 @@ from tasks import held_out_evaluator
 from teacher import build_teacher, load_pair
 from tokenizer import build_tokenizer
 from toy_vocab import family_joint
-from train import tokenize, train_teacher, train_tokenizer
+from train import teacher_parser, tokenize, tokenizer_parser, train_teacher, train_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -55,6 +56,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # ----------------------------------------------------------------------------------------------------------------
 # step: the loop's overhead over its passes.
 # ----------------------------------------------------------------------------------------------------------------
+def seconds(fn, *args):
+    """Wall seconds of one call fn(*args)."""
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
 def full_step(run):
     """One Di[M]O iteration as distill.py makes it (at step 0): the generator update, then the auxiliary update."""
     distill.generator_update(run, 0, draw_r_init(run.args.r_init, run.rng), run.args.sigma_init)
@@ -76,9 +84,7 @@ def bench_step(run, repeats):
     def optimisers():
         for p in trainable:
             p.grad = torch.zeros_like(p)                                 # Adam skips parameters without gradients
-        t0 = time.perf_counter()
-        run.opt_g.step(), run.opt_aux.step(), ema_update(run.ema, run.gen, a.ema, 0)
-        return time.perf_counter() - t0
+        return seconds(lambda: (run.opt_g.step(), run.opt_aux.step(), ema_update(run.ema, run.gen, a.ema, 0)))
 
     def timed(fn):
         t0 = time.perf_counter()
@@ -144,23 +150,20 @@ def precision_gap(base, other, seed=0):
         gen.train(training).zero_grad(set_to_none=True)
         return logits.detach(), grads
 
+    def rel(b, a):
+        return float(f"{((b - a).norm() / a.norm()).item():.3g}")
     (logits_a, grads_a), (logits_b, grads_b) = one_pass(base), one_pass(other)
-    return dict(logits_rel_diff=float(f"{((logits_b - logits_a).norm() / logits_a.norm()).item():.3g}"),
-                grad_rel_diff=float(f"{((grads_b - grads_a).norm() / grads_a.norm()).item():.3g}"))
+    return dict(logits_rel_diff=rel(logits_b, logits_a), grad_rel_diff=rel(grads_b, grads_a))
 
 
 def bench_versus(base, other, flags, repeats):
     """Full steps of two runs that differ by flags (e.g. --compile, --amp), alternated, so that both see the same
     machine.  The other run's first step carries any one-off cost (compilation): with the median steps it says after
     how many steps the switch has paid for itself."""
-    def step(run):
-        t0 = time.perf_counter()
-        full_step(run)
-        return time.perf_counter() - t0
     times = {"base": [], "other": []}
     for _ in range(repeats + 1):
-        times["base"].append(step(base))
-        times["other"].append(step(other))
+        for name, run in (("base", base), ("other", other)):
+            times[name].append(seconds(full_step, run))
     med = {name: float(np.median(t[1:])) for name, t in times.items()}
     saved = med["base"] - med["other"]
     return dict(teacher=base.args.teacher, batch_size=base.args.batch_size, repeats=repeats, versus=flags,
@@ -200,23 +203,26 @@ AVX2_ENV = dict(ONEDNN_MAX_CPU_ISA="AVX2", ATEN_CPU_CAPABILITY="avx2", MKL_ENABL
 
 def toy_world_stages(n_images=1024, seed=0):
     """-> {stage: (batch, fn(k))}: fn runs k steps of that stage's own training loop (train.py tokenizer, train.py
-    teacher, eval.py train-features) at its command's default batch, on fresh weights and toy images."""
+    teacher, eval.py train-features) with its command's defaults, on fresh weights and toy images."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     preset = get_preset("maskbit-toy")
     images, labels, nclass = load_images("toy", "train", n_images)
     shipped_teacher, shipped_tokenizer, _ = load_pair("maskbit-toy", verbose=False)
     tokens = tokenize(shipped_tokenizer, shipped_teacher, images, "cpu")  # [n, N, S]
-    tokenizer = build_tokenizer("maskbit", preset["tokenizer"])
-    teacher = build_teacher("maskbit", preset["generator"])
+    tokenizer, teacher = build_tokenizer("maskbit", preset["tokenizer"]), build_teacher("maskbit", preset["generator"])
     features = FeatureNet(nclass)
-    opt = torch.optim.Adam(features.parameters(), lr=2e-3)
-    return dict(tokenizer=(32, lambda k: train_tokenizer(tokenizer, images, k, 32, 1e-3, 100, gen=gen,
-                                                          progress=False)),
-                teacher=(128, lambda k: train_teacher(teacher, tokens, labels, k, 128, 1e-3, 100, gen=gen,
-                                                       progress=False)),
-                features=(128, lambda k: fit_classifier(features, opt, lambda step: 2e-3, augment, images, labels, k,
-                                                        128, gen)))
+    opt = torch.optim.Adam(features.parameters(), lr=FEATURES_LR)
+    t = tokenizer_parser().parse_args(["--out", ""])
+    g = teacher_parser().parse_args(["--out", "", "--tokenizer", ""])
+    f = train_features_parser().parse_args([])
+    return dict(tokenizer=(t.batch_size, lambda k: train_tokenizer(tokenizer, images, k, t.batch_size, t.lr, t.warmup,
+                                                                    t.entropy_positions, gen, progress=False)),
+                teacher=(g.batch_size, lambda k: train_teacher(teacher, tokens, labels, k, g.batch_size, g.lr, g.warmup,
+                                                                g.label_dropout, g.label_smoothing, g.ema, gen,
+                                                                progress=False)),
+                features=(f.batch_size, lambda k: fit_classifier(features, opt, lambda step: FEATURES_LR, augment,
+                                                                  images, labels, k, f.batch_size, gen)))
 
 
 def toy_world_rows(steps, profile):
@@ -224,11 +230,7 @@ def toy_world_rows(steps, profile):
     rows = []
     for stage, (batch, run_steps) in toy_world_stages().items():
         run_steps(1)
-        times = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            run_steps(1)
-            times.append(time.perf_counter() - t0)
+        times = [seconds(run_steps, 1) for _ in range(steps)]
         rows.append(dict(stage=stage, batch_size=batch, step_s=round(float(np.median(times)), 4)))
         if profile:
             rows += [dict(stage=stage, **op) for op in top_operators(run_steps, top=8)]
@@ -236,11 +238,9 @@ def toy_world_rows(steps, profile):
 
 
 def main_toy_world(argv):
-    parser = ArgumentParser(prog="bench.py toy-world", description="the toy world's training steps, natively and "
-                            "with AVX2 kernels")
+    parser = ArgumentParser(prog="bench.py toy-world", description="the toy world's training steps, native and AVX2")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per stage (the median is reported)")
-    parser.add_argument("--profile", action="store_true", help="also the operators with the most time per stage "
-                        "over 5 steps (torch.profiler)")
+    parser.add_argument("--profile", action="store_true", help="also each stage's top operators (torch.profiler)")
     parser.add_argument("--native-only", action="store_true", help="skip the second run with AVX2 kernels")
     args = parser.parse_args(argv)
     check_range("--steps", args.steps, low=1)
@@ -250,12 +250,10 @@ def main_toy_world(argv):
         proc = subprocess.run(cmd, env=dict(os.environ, **AVX2_ENV), capture_output=True, text=True, cwd=HERE)
         if proc.returncode != 0:
             raise UserError(f"bench.py toy-world with AVX2 kernels failed: {proc.stderr.strip().splitlines()[-1:]}")
-        avx2 = {(r["stage"], r.get("op")): r for r in map(json.loads, proc.stdout.split("\n")[:-1])}
+        avx2 = {(r["stage"], r.get("op")): r for r in map(json.loads, proc.stdout.splitlines())}
         for row in rows:
             other = avx2.get((row["stage"], row.get("op")), {})
-            for key in ("step_s", "share"):
-                if key in row and key in other:
-                    row[f"{key}_avx2"] = other[key]
+            row.update({f"{key}_avx2": other[key] for key in ("step_s", "share") if key in row and key in other})
             if "step_s_avx2" in row:
                 row["avx2_slowdown"] = round(row["step_s_avx2"] / row["step_s"], 3)
     for row in rows:
@@ -391,10 +389,10 @@ def run_measured(cmd):
     """Run a script in a fresh child -> (wall seconds, its own peak RSS in MiB)."""
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", PEAK_RSS] + cmd, cwd=HERE, capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
+    wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise UserError(f"{' '.join(cmd[:3])} ... failed: {proc.stderr.strip().splitlines()[-2:]}")
-    return seconds, int(proc.stderr.split("peak_rss_kib")[-1].split()[0]) / 1024
+    return wall, int(proc.stderr.split("peak_rss_kib")[-1].split()[0]) / 1024
 
 
 def full_size(preset, batches, folder):

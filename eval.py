@@ -121,17 +121,25 @@ def train_classifier(build, optimiser, lr_at, augment_fn, data, steps, batch_siz
     return net, dict(test_accuracy=round(acc, 4), steps=steps, data=data, seconds=round(time.time() - t0, 1))
 
 
-def main_train_features(argv):
+FEATURES_LR = 2e-3                                                     # Adam, cosine decay to 0 over the steps
+
+
+def train_features_parser():
+    """eval.py train-features' options and defaults (also read by bench.py toy-world)."""
     parser = ArgumentParser(prog="eval.py train-features", description="train the evaluation feature network")
     parser.add_argument("--data", default="toy")
     parser.add_argument("--out", default=FEATURES)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main_train_features(argv):
+    args = train_features_parser().parse_args(argv)
     check_range("--steps", args.steps, low=1)
-    net, stats = train_classifier(FeatureNet, lambda params: torch.optim.Adam(params, lr=2e-3),
-                                  lambda step: 2e-3 * 0.5 * (1 + np.cos(np.pi * step / args.steps)), augment,
+    net, stats = train_classifier(FeatureNet, lambda params: torch.optim.Adam(params, lr=FEATURES_LR),
+                                  lambda step: FEATURES_LR * 0.5 * (1 + np.cos(np.pi * step / args.steps)), augment,
                                   args.data, args.steps, args.batch_size, args.seed)
     save_checkpoint(dict(format=FORMAT, kind="features", config=dict(nclass=net.nclass, width=net.width),
                          model=net.state_dict(), stats=stats), args.out)

@@ -96,14 +96,19 @@ def train_tokenizer(model, images, steps, batch_size, lr, warmup, entropy_positi
     return losses
 
 
-def main_tokenizer(argv=None):
+def tokenizer_parser():
+    """train.py tokenizer's options and defaults (also read by bench.py toy-world)."""
     parser = ArgumentParser(prog="train.py tokenizer", description="train a small MaskBit (LFQ) tokenizer")
     common_args(parser)
     parser.add_argument("--entropy-positions", type=int, default=512,
                         help="latent positions per batch used for the LFQ entropy terms")
     parser.add_argument("--train-images", type=int, default=20000, help="toy images to generate")
     parser.set_defaults(steps=3000, batch_size=32)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main_tokenizer(argv=None):
+    args = tokenizer_parser().parse_args(argv)
     check_common(args)
     preset = get_preset(args.preset)
     if preset["family"] != "maskbit":
@@ -201,7 +206,8 @@ def train_teacher(model, tokens, labels, steps, batch_size, lr, warmup, label_dr
     return ema, losses
 
 
-def main_teacher(argv=None):
+def teacher_parser():
+    """train.py teacher's options and defaults (also read by bench.py toy-world)."""
     parser = ArgumentParser(prog="train.py teacher", description="train a small MaskBit teacher (LFQBert)")
     common_args(parser)
     parser.add_argument("--tokenizer", required=True, help="tokenizer checkpoint from 'train.py tokenizer'")
@@ -210,7 +216,11 @@ def main_teacher(argv=None):
     parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--ema", type=float, default=0.999)
     parser.set_defaults(steps=2000, batch_size=128)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main_teacher(argv=None):
+    args = teacher_parser().parse_args(argv)
     check_common(args)
     check_range("--label-dropout", args.label_dropout, 0, 1, high_open=True)
     check_range("--label-smoothing", args.label_smoothing, 0, 1, high_open=True)
