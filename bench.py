@@ -117,10 +117,9 @@ def bench_step(run, repeats):
 
 
 def top_operators(run_steps, steps=5, top=12):
-    """torch.profiler over run_steps(steps) (after run_steps(1) as a warm-up): the operators with the most self
-    time, each with its seconds per step and share of the total."""
+    """torch.profiler over run_steps(steps), already warm (both callers time steps first): the operators with the
+    most self time, each with its seconds per step and share of the total."""
     from torch.profiler import ProfilerActivity, profile
-    run_steps(1)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         run_steps(steps)
     ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
