@@ -1,6 +1,6 @@
 """Measurements that run the distillation itself: where a step's time goes (and the toy world's training steps'),
 whether the toy proof holds beyond the joint it was tuned on, and what the released architectures cost at full size.
-Each prints JSON lines that the README quotes; none is a test (they take minutes).
+Each prints JSON lines that the README and docs/ quote; none is a test (they take minutes).
 
 * ``python bench.py step --teacher maskbit [distill.py flags]``: one full Di[M]O step (generator update + auxiliary
   update) against the sum of the passes it needs, each timed alone on the same batch.  The ratio step / sum says how

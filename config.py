@@ -105,7 +105,8 @@ PRESETS = {
     ),
 }
 # The embedded default: MaskBit's 12-bit architecture in miniature (32x32 images, 8x8 tokens, 2 splits of 6 bits),
-# trained by train.py on the toy shapes; the weights ship in assets/ (see README for the commands that made them).
+# trained by train.py on the toy shapes; the weights ship in assets/ (docs/toy_world.md: the commands that made
+# them).
 PRESETS["maskbit-toy"] = dict(
     family="maskbit",
     generator=dict(img_size=32, input_stride=4, hidden_dim=128, codebook_size=4096, codebook_splits=2, depth=4,
@@ -116,15 +117,16 @@ PRESETS["maskbit-toy"] = dict(
                    sample_with_conv=True),
     sampler=dict(steps=16, schedule="arccos", temperature=0.9, randomize_temperature=2.0, remask="confidence",
                  guidance=3.0, guidance_anneal="cosine", scale_pow=3.0, step_counts="maskbit", noise_anneal="maskbit"),
-    # measured here (README): the generator's lr 3e-4 decayed linearly to 0 over the run beat 2e-4 constant (the best
-    # of 7 constant settings) on the mean of 3 seeds at the same 1400 steps; fewer steps cost FID; temperatures <= 0.3
+    # measured here (docs/dimo.md): the generator's lr 3e-4 decayed linearly to 0 over the run beat 2e-4 constant
+    # (the best of 7 constant settings) on the mean of 3 seeds at the same 1400 steps; fewer steps cost FID;
+    # temperatures <= 0.3
     distill=dict(steps=1400, batch_size=32, lr=3e-4, lr_aux=2e-3, normalisation="sum", label_smoothing=0.1,
                  r_init=0.6, sigma_init=0.1, teacher_cfg=2.0, gen_temperature=1.0, aux_updates=1, lr_decay=1.0,
                  tune_temperature="0.1,0.15,0.2,0.3"),
-    # soft_refine.py, measured here (README): the GAN judges softmax(z / 0.2), and a GAN-refined generator samples
-    # best at 0.05-0.3, hence its own grid; the lr decays to 0 over the stage, like the Di[M]O run's: scored on 8
-    # fresh draws, a constant lr beat the start on 1 seed of 3, the decaying one on all 3 (FID -0.12 to -0.17), and
-    # on 4 of 5 counting two more Di[M]O starts
+    # soft_refine.py, measured here (docs/soft_dimo.md): the GAN judges softmax(z / 0.2), and a GAN-refined
+    # generator samples best at 0.05-0.3, hence its own grid; the lr decays to 0 over the stage, like the Di[M]O
+    # run's: scored on 8 fresh draws, a constant lr beat the start on 1 seed of 3, the decaying one on all 3 (FID
+    # -0.12 to -0.17), and on 4 of 5 counting two more Di[M]O starts
     soft=dict(steps=400, lr=1e-4, lr_aux=None, lr_d=1e-3, w_gan=10.0, weight_decay=0.0, d_warmup=300,
               soft_temperature=0.2, lr_decay=1.0, tune_temperature="0.05,0.1,0.15,0.2,0.3,0.45"),
     bundled=dict(teacher=os.path.join(ASSETS, "maskbit_toy_teacher.pt"),
@@ -132,7 +134,7 @@ PRESETS["maskbit-toy"] = dict(
     released=dict(generator="(bundled) assets/maskbit_toy_teacher.pt",
                   tokenizer="(bundled) assets/maskbit_toy_tokenizer.pt"),
 )
-PRESETS["maskbit"] = PRESETS["maskbit-12bit"]  # the default released pair (see README: which MaskBit and why)
+PRESETS["maskbit"] = PRESETS["maskbit-12bit"]  # the default released pair (docs/released.md: which MaskBit and why)
 
 
 def get_preset(name):
@@ -155,7 +157,7 @@ def runtime(device="auto", amp=False, compile=False):
 
     amp: bf16 autocast.  On CUDA that is the paper's mixed precision.  On CPU only when asked for: it pays on CPUs
     with bf16 matrix units (AMX; there the attention core stays float32, teacher.SelfAttention says why) and is
-    several times slower where bf16 is emulated (AVX2-only CPUs); README, Speed.
+    several times slower where bf16 is emulated (AVX2-only CPUs); docs/speed.md.
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -164,7 +166,7 @@ def runtime(device="auto", amp=False, compile=False):
     dev = torch.device(device)
     if amp and dev.type == "cpu" and not cpu_has_bf16():
         print("note: --amp on this CPU emulates bf16 (no AVX512-BF16 or AMX kernels); a Di[M]O step ran 11x slower "
-              "than float32 that way (README, Speed): drop --amp", file=sys.stderr)
+              "than float32 that way (docs/speed.md): drop --amp", file=sys.stderr)
     autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
     maybe_compile = (lambda fn: torch.compile(fn)) if compile else (lambda fn: fn)
     return SimpleNamespace(device=dev, amp=amp, autocast=autocast, compile=maybe_compile)

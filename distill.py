@@ -29,11 +29,11 @@ beta may be negative (the paper's best ImageNet value is -0.2; the released conf
 
 Normalisation of the sum over masked entries: 'mean' (the paper, Eq. 5: 1/L_M per sample, then the batch mean)
 or 'sum' (the released code: sum over masked entries divided by the batch size, so the step grows with L_M).
-Default: 'sum' for image teachers (what was run), 'mean' for toy-vocab (see README for the measurements).
+Default: 'sum' for image teachers (what was run), 'mean' for toy-vocab (docs/toy_vocab.md has the measurements).
 
 Run:  python distill.py --teacher maskbit                   (the bundled toy MaskBit pair, a few minutes on CPU)
       python distill.py --teacher toy-vocab --vocab 4 --length 4 --seed 0       (known answer: TV to the target)
-      torchrun --nproc_per_node=2 distill.py ...             (DDP; see README)
+      torchrun --nproc_per_node=2 distill.py ...             (DDP; docs/reliability.md)
 Shapes: B batch, N tokens, S splits, V classes per split.
 """
 import json
@@ -259,7 +259,7 @@ def runtime_args(p):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", action="store_true",
-                   help="bf16 autocast (on CPU it pays only with bf16 units such as AMX: README, Speed)")
+                   help="bf16 autocast (on CPU it pays only with bf16 units such as AMX: docs/speed.md)")
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer passes")
 
 

@@ -41,9 +41,9 @@ from tokenizer import build_tokenizer
 
 FEATURES = os.path.join(ASSETS, "eval_features.pt")
 # Images per forward pass when sampling and scoring.  The batch fixes how the seeded noise is dealt out, so it is
-# part of what a given seed's samples are: every figure in the README was made at 500.  (Measured here, 2 cores:
-# batch 64 runs the 16-step sampler 1.3x and the one-step generator with its decode 1.7x faster, but draws other
-# samples, so changing it means measuring every table again.)
+# part of what a given seed's samples are: every figure in the README and docs/ was made at 500.  (Measured here,
+# 2 cores: batch 64 runs the 16-step sampler 1.3x and the one-step generator with its decode 1.7x faster, but draws
+# other samples, so changing it means measuring every table again.)
 EVAL_BATCH = 500
 
 

@@ -13,7 +13,7 @@ are named with weights, the lambda_i of L_reward = -sum_i lambda_i R_i(Dec(Emb_D
                                         distill.py); it receives images and labels on the generator's device
 
 The paper's rewards (CLIP score, ImageReward; HPS and PickScore for selection) need weights from a hub, so nothing
-here downloads them; README.md shows how one is wrapped as such a callable.
+here downloads them; docs/soft_dimo.md shows how one is wrapped as such a callable.
 
 The built-in toy reward is log p(requested class | image) under a small **reward classifier**, the toy stand-in
 for a CLIP score.  It is deliberately not eval.py's feature network: a generator optimised against the very model

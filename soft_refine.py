@@ -26,7 +26,7 @@ L_GAN = E[softplus(-D(mask_r(Emb_phi(z)), r, c))] = E[-log sigmoid D], the non-s
 L_reward = -E[sum_i lambda_i R_i(Dec(Emb_Dec(z)), c)] (Sec. 2.5) for the rewards of ``--reward`` (rewards.py);
 Di[M]O is the paper's regulariser against reward hacking (``--w-dimo 0`` shows what happens without it).
 
-Discriminator (the paper gives its place, not its parts; what is ours is marked so in the README):
+Discriminator (the paper gives its place, not its parts; what is ours is marked so in docs/soft_dimo.md):
 * backbone: the frozen teacher (the poster) or the auxiliary model (DMD2 puts its head there), read after the blocks
   in ``--d-layers``; no GAN loss ever changes a backbone weight (the auxiliary model keeps learning only its own
   Di[M]O objective, which its role as p_theta's estimate needs);
@@ -38,7 +38,7 @@ Discriminator (the paper gives its place, not its parts; what is ours is marked 
   per generator update after ``--d-warmup`` discriminator-only steps.
 * ``--soft-temperature T`` (ours): the GAN (and the reward) judges softmax(z / T).  T = 1 is the paper's plain
   softmax, right for the peaked students it describes; the toy student samples best at T = 0.2, and judging that
-  is what works (README).
+  is what works (docs/soft_dimo.md).
 
 Run:  python soft_refine.py                      (after python distill.py --teacher maskbit; minutes on a CPU)
       python soft_refine.py --w-dimo 0           (GAN only)      python soft_refine.py --relax gumbel-st

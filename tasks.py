@@ -10,7 +10,7 @@ Two kinds of teacher:
 * ``toy-vocab``: the exact oracle of ``toy_vocab.py``; generator and auxiliary model are copies of a small
   transformer first trained as a masked model of the oracle; the evaluation is total variation to the target.
 
-Defaults below are for this CPU; on a GPU with a released teacher use the paper's values (README): lr 1e-5,
+Defaults below are for this CPU; on a GPU with a released teacher use the paper's values (docs/released.md): lr 1e-5,
 batch 64 per GPU, about 30k steps.
 """
 import contextlib
@@ -34,7 +34,7 @@ from toy_vocab import OracleTeacher, ToyTransformer, check_joint, empirical, pre
     reference_tvs, total_variation
 
 IMAGE_DEFAULTS = dict(eval_n=2000, ema=0.9999)
-# measured here (README, toy-vocab section): 2 auxiliary updates at 3x the lr of one and the generator's lr decayed
+# measured here (docs/toy_vocab.md): 2 auxiliary updates at 3x the lr of one and the generator's lr decayed
 # over the second half keep the auxiliary model up with the generator (a lagging one over-sharpens it); r_init 0.3
 # (not 0.5) gives short sequences enough distinct initial inputs (L=3 at 0.5 leaves about a dozen) and 3000 steps
 # let the longest joints converge; 100k samples bring the sampling floor of TV down to about 0.02 for 1000 outcomes;

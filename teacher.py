@@ -67,8 +67,8 @@ class SelfAttention(nn.Module):
         """nn.MultiheadAttention's computation, written out, [B, N, D] -> [B, N, D].  seq_first keeps its [N, B, D] row
         order: then it equals nn.MultiheadAttention bit for bit, forward and backward, minus one copy of the packed
         projection (a float32 training step 1.1x faster on CPU).  Under CPU autocast the projections run in bf16 and
-        the core (SDPA) in float32: the CPU's bf16 flash-attention backward took 5x the float32 one's time (README,
-        Speed); that path keeps the [B, N, D] order its --amp runs were measured with."""
+        the core (SDPA) in float32: the CPU's bf16 flash-attention backward took 5x the float32 one's time
+        (docs/speed.md); that path keeps the [B, N, D] order its --amp runs were measured with."""
         m, (b, n) = self.mha, x.shape[:2]
         qkv = nn.functional.linear(x.transpose(0, 1) if seq_first else x, m.in_proj_weight, m.in_proj_bias)
         order = (1, 2, 0, 3) if seq_first else (0, 2, 1, 3)              # [N|B, B|N, H, D/H] -> [B, H, N, D/H]

@@ -20,7 +20,7 @@ only, as in Di[M]O's auxiliary loss (MaskBit's MLMLoss averages over every entry
 ``real_tokens``: real images tokenized once and cached (soft_refine.py's discriminator reads them).
 
 Both write self-describing checkpoints atomically (``checkpoints.own_checkpoint``) and are deterministic for a seed.
-``--amp`` runs their forward passes under bf16 autocast, for CPUs with bf16 units: measured in the README, the
+``--amp`` runs their forward passes under bf16 autocast, for CPUs with bf16 units: measured in docs/toy_world.md, the
 teacher keeps its quality at 1.76x less time per step, the tokenizer loses about 1.2 dB of PSNR.
 """
 import contextlib
@@ -59,7 +59,7 @@ def common_args(parser):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast for the forward passes (on CPU it pays only "
-                        "with bf16 units such as AMX; it cost the tokenizer about 1.2 dB of PSNR: README, toy world)")
+                        "with bf16 units such as AMX; it cost the tokenizer about 1.2 dB of PSNR: docs/toy_world.md)")
 
 
 def check_common(args):

@@ -160,7 +160,8 @@ def test_amp_and_compile_paths_run_on_cpu(tmp_path):
 
 
 def test_amp_on_a_cpu_without_native_bf16_says_so(monkeypatch, capsys):
-    """--amp where bf16 is emulated (11x slower here, README) prints a one-line note; native bf16 and fp32 do not."""
+    """--amp where bf16 is emulated (11x slower here, docs/speed.md) prints a one-line note; native bf16 and fp32
+    do not."""
     for native, amp, noted in ((False, True, True), (True, True, False), (False, False, False)):
         monkeypatch.setattr(config, "cpu_has_bf16", lambda: native)
         rt = config.runtime("cpu", amp=amp)

@@ -70,3 +70,37 @@ def test_grid_png(tmp_path):
     save_image_grid(torch.rand(10, 3, 8, 8), str(tmp_path / "g.png"), nrow=4)
     im = Image.open(tmp_path / "g.png")
     assert im.size == (4 * 10 + 2, 3 * 10 + 2)
+
+
+def test_the_gan_reads_the_train_split_and_fid_the_held_out_split_which_share_no_image(monkeypatch, tmp_path):
+    """Soft-Di[M]O's real images (train.real_tokens) are the train split and FID's reference (eval.Evaluator) the
+    test split, so the GAN never sees an evaluation image: toy splits come from different seeds (no image of the
+    first 500 of either is in the other), a folder's test split is every 10th file of each class (no file in both)."""
+    import eval as evaluation
+    import train
+    from teacher import LFQBert
+    from tokenizer import LFQTokenizer
+    splits = []
+
+    def recording(load):
+        def load_images(data, split="train", n=None, seed=None):
+            splits.append(split)
+            return load(data, split, 8, seed)
+        return load_images
+    monkeypatch.setattr(train, "load_images", recording(load_images))
+    monkeypatch.setattr(evaluation, "load_images", recording(load_images))
+    torch.manual_seed(0)
+    teacher = LFQBert(img_size=32, input_stride=8, hidden_dim=16, codebook_size=2 ** 6, codebook_splits=2, depth=1,
+                      heads=2, mlp_dim=16, dropout=0.0, nclass=10).eval()
+    tokenizer = LFQTokenizer(dict(token_size=6, num_channels=3, hidden_channels=32, channel_mult=[1, 1, 1, 1],
+                                  num_resolutions=4, num_res_blocks=1, sample_with_conv=True)).eval()
+    tokens, _ = train.real_tokens(tokenizer, teacher, "toy", "", "cpu")
+    evaluation.Evaluator("toy")
+    assert splits == ["train", "test"] and tokens.shape == (8, 16, 2)
+    train_images, _, _ = load_images("toy", "train", 500)
+    test_images, _, _ = load_images("toy", "test", 500)
+    seen = {image.numpy().tobytes() for image in train_images}
+    assert not any(image.numpy().tobytes() in seen for image in test_images)
+    write_folder(tmp_path, [8] * 12)
+    values = lambda split: set(folder_images(str(tmp_path), split)[0][:, 0, 0, 0].tolist())  # one value per file
+    assert len(values("train")) == 20 and len(values("test")) == 4 and not values("train") & values("test")

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import subprocess
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torch
 import distill
 import soft_refine
 from checkpoints import load_checkpoint
+from config import runtime
 from soft_refine import Discriminator, mask_entries, relax, soft_embedding, soft_images
 from teacher import LFQBert, MaskTransformer
 from tokenizer import LFQTokenizer, VQGAN
@@ -106,6 +108,17 @@ def test_gan_masking_counts_and_mask_embedding(pair):
     assert (r0 == 0).all()
 
 
+def test_gan_masking_count_is_round_r_m_of_the_drawn_r():
+    """The count is round(r M) of the r drawn first from the stream (r ~ U[0, r_max]), sample by sample: floor(r M)
+    would also pass the test above, whose r is the realised ratio count / M."""
+    teacher, _ = maskbit_pair()
+    features = teacher.features(torch.randint(0, teacher.vocab, (200, teacher.seq_len, teacher.splits)))
+    m = teacher.seq_len * teacher.splits
+    _, ratio = mask_entries(teacher, features, 0.95, torch.Generator().manual_seed(3))
+    r = 0.95 * torch.rand(200, generator=torch.Generator().manual_seed(3))  # the same stream's first draw
+    assert torch.equal(ratio * m, (r * m).round())
+
+
 def test_discriminator_step_never_changes_the_teacher():
     teacher, _ = maskbit_pair()
     teacher.requires_grad_(False)
@@ -129,6 +142,86 @@ def test_discriminator_step_never_changes_the_teacher():
     for k, v in teacher.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def tiny_run():
+    """A run namespace with just what gan_term, d_step and reward_term read: the tiny MaskBit pair as the frozen
+    teacher (and discriminator backbone), two heads, a few real tokens, one seeded stream."""
+    teacher, tok = maskbit_pair()
+    teacher.requires_grad_(False)
+    a = SimpleNamespace(soft_temperature=0.5, relax="soft", r_max=0.5, w_gan=3.0, d_backbone="teacher", batch_size=3,
+                        w_reward=2.0)
+    disc = Discriminator(32, 3, (1, 2), hidden=16)
+    torch.manual_seed(5)
+    real = torch.randint(0, teacher.vocab, (6, teacher.seq_len, teacher.splits))
+    return SimpleNamespace(args=a, teacher=teacher, aux=teacher, disc=disc, disc_call=disc, rt=runtime("cpu"),
+                           rng=torch.Generator().manual_seed(7), task=SimpleNamespace(tokenizer=tok),
+                           opt_d=torch.optim.SGD(disc.parameters(), lr=0.0), real_tokens=real,
+                           real_labels=torch.arange(6) % 3)
+
+
+def test_gan_term_is_the_generator_loss_on_soft_embeddings_and_only_z_learns():
+    """L_GAN = w_GAN E[softplus(-D)] (non-saturating) of the masked soft features of softmax(z / T), recomputed here
+    from the same stream; its gradient reaches z and no weight of D or its backbone."""
+    run = tiny_run()
+    z = torch.randn(3, run.teacher.seq_len, 2, 8, requires_grad=True)
+    labels = torch.tensor([0, 1, 2])
+    value, stats = soft_refine.gan_term(run, z, labels)
+    g = torch.Generator().manual_seed(7)
+    features, r = mask_entries(run.teacher, run.teacher.soft_features(torch.softmax(z.detach() / 0.5, -1)), 0.5, g)
+    with torch.no_grad():
+        d = run.disc(run.teacher.hidden_states(run.teacher.input_embed(features), labels, (1, 2)), labels, r)
+    expected = torch.nn.functional.softplus(-d).mean()
+    assert value.item() == pytest.approx(3.0 * expected.item(), rel=1e-5)
+    assert stats["loss_gan"] == pytest.approx(expected.item(), rel=1e-5)
+    value.backward()
+    assert z.grad.abs().sum() > 0
+    assert all(p.grad is None for p in (*run.disc.parameters(), *run.teacher.parameters()))
+    assert all(p.requires_grad for p in run.disc.parameters()), "the heads are trainable again afterwards"
+    assert len(run.fake_cache[0]) == 2 and not run.fake_cache[0][0].requires_grad
+
+
+def test_d_step_loss_is_its_formula():
+    """The discriminator's loss: softplus(-D(real)) + softplus(D(fake)) on real tokens masked like the fakes; with
+    lr 0 nothing moves, so D can be evaluated again by hand on the same draws; a step at lr > 0 moves the heads and
+    not the teacher."""
+    run = tiny_run()
+    labels = torch.tensor([0, 1, 2])
+    features, r = mask_entries(run.teacher, run.teacher.soft_features(torch.softmax(torch.randn(
+        3, run.teacher.seq_len, 2, 8), -1)), 0.5, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fake = (run.teacher.hidden_states(run.teacher.input_embed(features), labels, (1, 2)), labels, r)
+    stats = soft_refine.d_step(run, fake, 0.0, 0)
+    g = torch.Generator().manual_seed(7)                                # d_step's draws, in its order
+    idx = torch.randint(6, (3,), generator=g)
+    real_f, real_r = mask_entries(run.teacher, run.teacher.features(run.real_tokens[idx]).float(), 0.5, g)
+    real_labels = run.real_labels[idx]
+    with torch.no_grad():
+        real_states = run.teacher.hidden_states(run.teacher.input_embed(real_f), real_labels, (1, 2))
+        d_real, d_fake = run.disc(real_states, real_labels, real_r), run.disc(fake[0], labels, r)
+    softplus = torch.nn.functional.softplus
+    assert stats["loss_d"] == pytest.approx((softplus(-d_real).mean() + softplus(d_fake).mean()).item(), rel=1e-5)
+    assert stats["d_real"] == pytest.approx(torch.sigmoid(d_real).mean().item(), rel=1e-5)
+    assert stats["d_fake"] == pytest.approx(torch.sigmoid(d_fake).mean().item(), rel=1e-5)
+    heads, teacher = [p.clone() for p in run.disc.parameters()], [p.clone() for p in run.teacher.parameters()]
+    soft_refine.d_step(run, fake, 0.5, 1)                               # a step at lr 0.5 moves the heads only
+    assert any(not torch.equal(p, q) for p, q in zip(run.disc.parameters(), heads))
+    assert all(torch.equal(p, q) for p, q in zip(run.teacher.parameters(), teacher))
+
+
+def test_reward_term_is_minus_the_weighted_reward_of_the_soft_decoded_images():
+    """L_reward = -w_reward E[sum_i lambda_i R_i(Dec(Emb_Dec(softmax(z / T))), c)]; its gradient reaches z."""
+    run = tiny_run()
+    run.rewards = [("mean", 0.5, lambda images, labels: images.mean((1, 2, 3)) + labels)]
+    z = torch.randn(3, run.teacher.seq_len, 2, 8, requires_grad=True)
+    labels = torch.tensor([0, 1, 2])
+    value, stats = soft_refine.reward_term(run, z, labels)
+    images = soft_images(run.task.tokenizer, torch.softmax(z.detach() / 0.5, -1))
+    expected = -2.0 * (0.5 * (images.mean((1, 2, 3)) + labels)).mean()
+    assert value.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert stats["loss_reward"] == pytest.approx(expected.item() / 2.0, rel=1e-5)
+    value.backward()
+    assert z.grad.abs().sum() > 0
 
 
 def test_hidden_states_are_the_forward_pass():

@@ -59,6 +59,21 @@ def test_small_steps_ascend_the_reward(pair):
     assert (values[1:] >= values[:-1]).all() and (values[-1] > values[0]).all()
 
 
+def test_a_tteo_step_is_each_images_own():
+    """The step ascends the batch's *sum* of rewards, so each image moves exactly as it would alone (a mean would
+    shrink every step by the batch size)."""
+    teacher, tok = maskbit_pair()
+    gen, tok = make_generator(teacher).eval().requires_grad_(False), tok.requires_grad_(False)
+    labels, g = torch.tensor([0, 1, 2]), torch.Generator().manual_seed(2)
+    e = init_embeddings(gen, token_init(gen, 3, 0.6, g), 0.1, g)
+    rewards = [("brightness", 1.0, brightness)]
+    together, _, _ = tteo.tteo_step(gen, tok, e, labels, rewards, 0.2, 0.5, Counter())
+    alone = torch.cat([tteo.tteo_step(gen, tok, e[i:i + 1], labels[i:i + 1], rewards, 0.2, 0.5, Counter())[0]
+                       for i in range(3)])
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-6)
+    assert (together - e).abs().amax((1, 2)).min() > 1e-4, "every image moved"
+
+
 def test_best_of_one_without_iterations_is_plain_sampling(pair):
     gen, tok = pair
     labels, rewards = torch.tensor([0, 1, 2, 0, 1]), [("brightness", 1.0, brightness)]
@@ -148,6 +163,18 @@ def test_the_reward_classifier_is_not_the_evaluation_network():
         right, wrong = r(images, labels), r(images, (labels + 1) % 10)
         accuracy = reward_net(images).argmax(1).eq(labels).float().mean()
     assert accuracy > 0.95 and (right > wrong).float().mean() > 0.95 and right.max() <= 0
+
+
+def test_the_classifier_reward_is_the_log_probability_of_the_clamped_image():
+    """R(x, c) = log p(c | clamp(x, 0, 1)): exp(R) sums to 1 over the classes, and an image outside [0, 1] (soft
+    decoding is unclamped) scores as its clamped self."""
+    r = ClassifierReward(REWARD_CLASSIFIER)
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.3   # in [-0.3, 1.3]
+    with torch.no_grad():
+        every_class = torch.stack([r(images, torch.full((4,), c)) for c in range(r.net.nclass)], 1)  # [B, C]
+        clamped = r(images.clamp(0, 1), torch.arange(4))
+    torch.testing.assert_close(every_class.exp().sum(1), torch.ones(4))
+    assert torch.equal(every_class[torch.arange(4), torch.arange(4)], clamped)
 
 
 # ----------------------------------------------------------------------------------------------------------------
