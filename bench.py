@@ -341,7 +341,7 @@ def main_draws(argv):
         teacher_fid = fid.mean()
         print(json.dumps(dict(run="teacher", steps=settings["steps"], **row)), flush=True)
     for folder, (gen, tokenizer, run, ckpt, temperature, _) in zip(folders, loaded):
-        fid, row = summary([evaluator(one_step_images(gen, tokenizer, labels, run["r_init"], run["sigma_init"],
+        fid, row = summary([evaluator(one_step_images(gen, tokenizer, labels, run["r_init"], run["gen_sigma"],
                                                       temperature, s, EVAL_BATCH), labels) for s in seeds])
         first = fid if first is None else first
         diff = fid - first                                               # per draw, against the first run: paired

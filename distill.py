@@ -3,7 +3,7 @@
 One iteration, on-policy (every state comes from the generator's own samples):
 
   1. x_init = token_init(r_init); z = G_theta(perturb(embed(x_init), sigma_init), c)   logits of all N*S entries
-  2. x ~ softmax(z)                                                     (no gradient through the draw)
+  2. x ~ softmax(z / tau)                                               (no gradient through the draw)
   3. x_t = random_mask(x)          the teacher's schedule, t ~ U(0, 1), exact count     (pseudo-intermediate state)
   4. q = softmax(cfg(phi(x_t, c), phi(x_t, null), w)),  p = softmax(psi(x_t, c))       teacher and auxiliary model
   5. g = dD(q || p)/dz per masked entry (Eqs. 14-16), 0 on visible entries (Eq. 5)
@@ -26,6 +26,12 @@ The divergence gradients w.r.t. the logits z of p = softmax(z) (p_psi stands in 
   RKL  D = KL(p || q):                g = p * (log p - log q - KL(p || q))                    (Eq. 15)
   Jeffreys_beta  D = (1-beta) FKL + beta RKL:   g = (1-beta) g_FKL + beta g_RKL            (Eqs. 8, 16)
 beta may be negative (the paper's best ImageNet value is -0.2; the released config uses FKL, beta = 0).
+
+Training temperature tau (ours; the paper's is tau = 1): the on-policy draws of steps 2 and 7 come from
+softmax(z / tau), and the surrogate is taken on z / tau, so that it is softmax(z / tau) that is matched to the
+teacher; dL/dz = g / tau.  It only rescales the generator's output layer (z / tau are its logits), which starts it
+from the teacher sharpened to temperature tau.  The toy default tau = 0.5 gives the more diverse generator that
+the GAN stage needs (docs/soft_dimo.md); the released presets keep 1.
 
 Normalisation of the sum over masked entries: 'mean' (the paper, Eq. 5: 1/L_M per sample, then the batch mean)
 or 'sum' (the released code: sum over masked entries divided by the batch size, so the step grows with L_M).
@@ -99,7 +105,7 @@ def dimo_loss(run, z, labels):
     """Steps 2-6 on the generator's logits z [B, N, S, V].  -> (surrogate loss, mean divergence, the hard draw x)."""
     a, rng = run.args, run.rng
     with torch.no_grad():
-        x = sample_tokens(z.detach(), 1.0, rng)                          # distillation runs at temperature 1
+        x = sample_tokens(z.detach(), a.train_temperature, rng)           # the on-policy draw, at tau
         x_t, mask = random_mask(x, run.teacher.mask_id, a.schedule, rng)
         with run.rt.autocast():
             run.teacher.train(a.teacher_dropout)                         # --teacher-dropout: the official run
@@ -107,7 +113,7 @@ def dimo_loss(run, z, labels):
             run.teacher.eval()                                           # its samples (grids, FID) never drop out
             z_aux = run.aux.logits(x_t, labels)
         g, value = divergence_grad(z_teacher, z_aux, a.divergence, a.beta)
-    return dimo_surrogate(z, g, mask, a.normalisation), value[mask].mean().item(), x
+    return dimo_surrogate(z / a.train_temperature, g, mask, a.normalisation), value[mask].mean().item(), x
 
 
 def generator_loss(run, labels, x_init, sigma):
@@ -122,7 +128,7 @@ def generator_loss(run, labels, x_init, sigma):
         loss = run.w_dimo * loss_dm
         stats["loss_dm"] = loss_dm.item()
     else:
-        loss, x = z.sum() * 0, sample_tokens(z.detach(), 1.0, run.rng)
+        loss, x = z.sum() * 0, sample_tokens(z.detach(), run.args.train_temperature, run.rng)
     for term in run.extra_terms:
         extra, extra_stats = term(run, z, labels)
         loss = loss + extra
@@ -199,7 +205,7 @@ def aux_update(run, step, sigma):
         for _ in range(a.grad_accum):
             with torch.no_grad():
                 labels = torch.randint(0, run.teacher.nclass, (a.batch_size,), generator=rng).to(run.rt.device)
-                x_fresh = generate(run.gen, labels, draw_r_init(a.r_init, rng), sigma, 1.0, rng)
+                x_fresh = generate(run.gen, labels, draw_r_init(a.r_init, rng), sigma, a.train_temperature, rng)
             with run.rt.autocast():
                 loss = aux_loss(run.aux_call, run.aux.mask_id, x_fresh, labels, a.schedule, a.label_smoothing, rng)
             check_finite("auxiliary loss", loss.item(), step)
@@ -295,9 +301,17 @@ def build_parser():
     p.add_argument("--teacher-dropout", action="store_true", help="the teacher's distillation passes in train mode "
                    "(dropout on), as the official MaskGIT run did by accident; default: eval mode")
     p.add_argument("--schedule", default="arccos", help="mask schedule for x_t and the auxiliary model")
+    p.add_argument("--train-temperature", type=float, help="tau: training draws from softmax(z / tau), and "
+                   "softmax(z / tau) is what is matched (1: the paper's; default per preset)")
     p.add_argument("--gen-temperature", type=float, help="generator inference temperature; 'tune' below")
     p.add_argument("--tune-temperature", help="comma-separated temperatures tried on a separate seed before the "
                    "final evaluation (default per preset; '' to skip)")
+    p.add_argument("--gen-sigma", type=float, help="the input perturbation at inference (default: tuned, else "
+                   "--sigma-init)")
+    p.add_argument("--tune-sigma", help="comma-separated inference sigmas <= --sigma-init tried after the "
+                   "temperature (default per preset; '' to skip)")
+    p.add_argument("--recall-margin", type=float, help="the sigma tuning keeps recall within this margin of the "
+                   "teacher's (default per preset)")
     p.add_argument("--eval-n", type=int, help="samples per final measurement")
     p.add_argument("--eval-data", help="held-out images for FID: 'toy' (default for bundled teachers) or a folder")
     p.add_argument("--features", help="feature network for FID (default: assets/eval_features.pt)")
@@ -340,6 +354,10 @@ def check_args(a):
     check_range("--label-smoothing", a.label_smoothing, 0, 1, high_open=True)
     check_range("--teacher-cfg", a.teacher_cfg, low=0)
     check_range("--gen-temperature", a.gen_temperature, low=0, low_open=True)
+    check_range("--train-temperature", a.train_temperature, low=0, low_open=True)
+    if a.gen_sigma is not None:
+        check_range("--gen-sigma", a.gen_sigma, 0, a.sigma_init)
+    check_range("--recall-margin", a.recall_margin, 0, 1)
     if a.monitor_n > 0 and a.teacher == "toy-vocab":
         raise UserError("--monitor-n is for image teachers; toy-vocab monitors TV every --eval-every steps anyway")
     if a.monitor_temperature is not None:
@@ -348,6 +366,12 @@ def check_args(a):
     check_range("--lr-decay", a.lr_decay, 0, 1)
     a.temperatures = [check_range("--tune-temperature", float(t), low=0, low_open=True)
                       for t in a.tune_temperature.split(",") if t.strip()] if a.tune_temperature else []
+    a.sigmas = [check_range("--tune-sigma", float(v), 0, a.sigma_init)
+                for v in a.tune_sigma.split(",") if v.strip()] if a.tune_sigma else []
+
+
+# Settings that runs saved before their flag existed lack: the values those runs had (also read by soft_refine.py).
+SAVED_BEFORE_FLAGS = dict(train_temperature=1.0, gen_sigma=None, tune_sigma="", recall_margin=0.0)
 
 
 def setup_run(a):
@@ -356,7 +380,8 @@ def setup_run(a):
     resume = load_checkpoint(os.path.join(a.resume, "checkpoint.pt"), "run checkpoint") if a.resume else None
     if resume is not None:                                               # the saved run's settings win
         steps, device = a.steps, a.device
-        a.__dict__.update({k: v for k, v in resume["args"].items() if k not in ("resume", "device")})
+        saved = {**SAVED_BEFORE_FLAGS, **resume["args"]}
+        a.__dict__.update({k: v for k, v in saved.items() if k not in ("resume", "device")})
         a.steps = steps or a.steps
         a.device, a.out, a.resume = device, a.resume, a.resume
     rt = runtime(ddp.local_device(a.device), a.amp, a.compile)

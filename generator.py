@@ -20,9 +20,12 @@ the generator entropy through its input:
 
 Then one forward pass gives logits [B, N, S, V] for every position (the random visible tokens are not kept), and
 tokens are drawn from softmax(logits / temperature); the inference temperature is tuned per checkpoint, as the
-paper does.  Every function takes an explicit ``torch.Generator``: same seed, same device, same samples.  An explicit
-``x_init`` can be passed (interpolation, reconstruction from real tokens, test-time optimisation), and so can the
-perturbed embeddings ``e_init`` themselves.
+paper does.  The inference sigma may be smaller than the training sigma_init (ours, like a GAN's truncation trick:
+less input noise, sharper images, less diversity); a run's evaluation tunes it under a recall floor
+(``tasks.ImageTask.tune_sampling``) and ``load_run`` returns it as the settings' 'gen_sigma'.  Every function takes
+an explicit ``torch.Generator``: same seed, same device, same samples.  An explicit ``x_init`` can be passed
+(interpolation, reconstruction from real tokens, test-time optimisation), and so can the perturbed embeddings
+``e_init`` themselves.
 
 Shapes: B batch, N tokens, S splits, V classes per split, D width.  Run ``python generator.py`` for a demo.
 """
@@ -122,21 +125,25 @@ def parse_r_init(text):
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def load_run(folder, device="cpu", temperature=None):
+def load_run(folder, device="cpu", temperature=None, sigma=None):
     """A distill.py or soft_refine.py run folder -> (EMA generator in eval mode, tokenizer, the run's settings,
     its checkpoint, the sampling temperature, preset name).  The temperature: the one given, else the one the
-    run's evaluation tuned, else the run's --gen-temperature (0 counts as given, and is then rejected)."""
+    run's evaluation tuned, else the run's --gen-temperature (0 counts as given, and is then rejected).  The
+    settings' 'gen_sigma', the inference sigma, the same way: given, tuned, else the run's sigma_init."""
     ckpt = load_checkpoint(os.path.join(folder, "checkpoint.pt"), "run checkpoint")
     run = ckpt["args"]
     if run["teacher"] == "toy-vocab":
         raise UserError("a toy-vocab run has no images; its samples are in samples.npy (distill.py --save-samples)")
     metrics_path = os.path.join(folder, "metrics.json")
-    tuned = json.load(open(metrics_path)).get("gen_temperature") if os.path.isfile(metrics_path) else None
+    metrics = json.load(open(metrics_path)) if os.path.isfile(metrics_path) else {}
+    tuned, tuned_sigma = metrics.get("gen_temperature"), metrics.get("gen_sigma")
     teacher, tokenizer, preset = load_pair(run["teacher"], run["teacher_ckpt"], run["tokenizer_ckpt"], verbose=False)
     gen = make_generator(teacher)
     gen.load_state_dict(ckpt["ema"], strict=True)
     temperature = next(t for t in (temperature, tuned, run["gen_temperature"]) if t is not None)
     check_range("--temperature", temperature, low=0, low_open=True)
+    sigma = next(s for s in (sigma, tuned_sigma, run["sigma_init"]) if s is not None)
+    run = dict(run, gen_sigma=check_range("--sigma", sigma, 0, 1, high_open=True))
     return gen.eval().to(device), tokenizer.to(device), run, ckpt, temperature, preset
 
 
@@ -158,22 +165,23 @@ def main_sample(argv=None):
     parser.add_argument("--n", type=int, default=32)
     parser.add_argument("--labels", help="class ids, comma separated (default: 0, 1, 2, ... cycled)")
     parser.add_argument("--temperature", type=float, help="default: the run's tuned temperature")
+    parser.add_argument("--sigma", type=float, help="inference sigma (default: the run's tuned one)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="grid.png")
     args = parser.parse_args(argv)
     check_range("--n", args.n, low=1)
     rt = runtime(args.device)
-    gen, tokenizer, run, ckpt, temperature, preset = load_run(args.run, rt.device, args.temperature)
+    gen, tokenizer, run, ckpt, temperature, preset = load_run(args.run, rt.device, args.temperature, args.sigma)
     labels = parse_labels(args.labels, args.n, gen.nclass).to(rt.device)
     g = torch.Generator(rt.device).manual_seed(args.seed)
-    tokens = generate(gen, labels, draw_r_init(run["r_init"], g), run["sigma_init"], temperature, g)
+    tokens = generate(gen, labels, draw_r_init(run["r_init"], g), run["gen_sigma"], temperature, g)
     save_image_grid(tokens_to_images(gen, tokenizer, tokens), args.out)
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
         json.dump(dict(run=args.run, step=ckpt["step"], teacher=preset, n=args.n, labels=labels.tolist(),
                        seed=args.seed, temperature=temperature, r_init=run["r_init"],
-                       sigma_init=run["sigma_init"]), f, indent=1)
-    print(f"wrote {args.out} ({args.n} one-step samples, temperature {temperature})")
+                       sigma=run["gen_sigma"]), f, indent=1)
+    print(f"wrote {args.out} ({args.n} one-step samples, temperature {temperature}, sigma {run['gen_sigma']})")
 
 
 def main(argv):

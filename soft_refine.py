@@ -297,6 +297,10 @@ def build_parser():
     p.add_argument("--d-warmup", type=int, help="discriminator-only steps before training (default per preset)")
     p.add_argument("--tune-temperature", help="temperatures tried before the final evaluation (default: "
                    "the --init run's grid)")
+    p.add_argument("--tune-sigma", help="inference sigmas tried after the temperature (default: the --init run's)")
+    p.add_argument("--gen-sigma", type=float, help="a fixed inference sigma instead of the tuned one")
+    p.add_argument("--recall-margin", type=float, help="the sigma tuning keeps recall within this margin of the "
+                   "teacher's (default: the --init run's)")
     p.add_argument("--eval-n", type=int, help="samples per final measurement (default: the --init run's)")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--eval-every", type=int, default=100, help="in-training FID every N steps (and at the end)")
@@ -308,7 +312,8 @@ def build_parser():
 
 # Settings that runs saved before their flag existed lack (a --init run without --teacher-dropout, a soft run
 # without --reward): the values those runs had.
-SAVED_BEFORE_FLAGS = dict(teacher_dropout=False, reward=None, w_reward=1.0, lr_decay=0.0, monitor_temperature=None)
+SAVED_BEFORE_FLAGS = dict(distill.SAVED_BEFORE_FLAGS, teacher_dropout=False, reward=None, w_reward=1.0, lr_decay=0.0,
+                          monitor_temperature=None)
 
 
 def settings(a):
@@ -397,6 +402,7 @@ def setup(a, init, resume, flags=None):
     path = os.path.join(a.init, "metrics.json")                         # the Di[M]O run's final evaluation
     init_metrics = json.load(open(path)) if os.path.isfile(path) else {}
     a.init_temperature = init_metrics.get("gen_temperature", a.gen_temperature)  # as that run tuned it
+    a.init_sigma = init_metrics.get("gen_sigma", a.sigma_init)
     run.reward_metric = (lambda images, labels: {"reward": mean_reward(run, images, labels)}) if rewards else None
     task.monitor = task.fid_monitor(a, a.init_temperature, a.monitor_n, run.reward_metric) \
         if a.monitor_n > 0 else None
@@ -426,7 +432,7 @@ def main(argv=None):
         init_ema = copy.deepcopy(run.ema)                               # the Di[M]O generator we started from
         init_ema.load_state_dict(init["ema"], strict=True)
 
-        m = task.evaluate(run, extra={"dimo": (init_ema, s.init_temperature)}, score=run.reward_metric)
+        m = task.evaluate(run, extra={"dimo": (init_ema, s.init_temperature, s.init_sigma)}, score=run.reward_metric)
         return dict(m, init=s.init, init_step=s.init_step, w_gan=s.w_gan, w_dimo=s.w_dimo, relax=s.relax,
                     r_max=s.r_max, d_backbone=s.d_backbone, d_layers=list(run.disc.layers), lr=s.lr, lr_d=s.lr_d,
                     reward=s.reward, w_reward=s.w_reward)

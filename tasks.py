@@ -6,7 +6,7 @@ Two kinds of teacher:
   checkpoints are given): generator and auxiliary model are copies of the teacher with frozen embedding and output
   layers; the final evaluation compares one-step generator samples with the multi-step teacher and the teacher at
   one step, by ``eval.py``'s metrics on the same number of samples, after tuning the generator's inference
-  temperature on a separate seed (as the paper tunes it).
+  temperature on a separate seed (as the paper tunes it) and then its inference sigma under a recall floor (ours).
 * ``toy-vocab``: the exact oracle of ``toy_vocab.py``; generator and auxiliary model are copies of a small
   transformer first trained as a masked model of the oracle; the evaluation is total variation to the target.
 
@@ -33,7 +33,8 @@ from teacher import load_pair
 from toy_vocab import OracleTeacher, ToyTransformer, check_joint, empirical, pretrain_mdm, random_joint, \
     reference_tvs, total_variation
 
-IMAGE_DEFAULTS = dict(eval_n=2000, ema=0.9999)
+# the paper's: training draws at temperature 1, inference at the training sigma (no sigma tuning)
+IMAGE_DEFAULTS = dict(eval_n=2000, ema=0.9999, train_temperature=1.0, tune_sigma="", recall_margin=0.02)
 # measured here (docs/toy_vocab.md): 2 auxiliary updates at 3x the lr of one and the generator's lr decayed
 # over the second half keep the auxiliary model up with the generator (a lagging one over-sharpens it); r_init 0.3
 # (not 0.5) gives short sequences enough distinct initial inputs (L=3 at 0.5 leaves about a dozen) and 3000 steps
@@ -41,7 +42,8 @@ IMAGE_DEFAULTS = dict(eval_n=2000, ema=0.9999)
 # an EMA of about 100 steps (0.99), since the decaying lr already settles the weights and a longer one lags them
 TOY_VOCAB_DEFAULTS = dict(steps=3000, batch_size=256, lr=3e-4, lr_aux=3e-3, normalisation="mean", label_smoothing=0.0,
                           eval_n=100000, r_init="0.3", sigma_init=0.1, teacher_cfg=1.0, gen_temperature=1.0,
-                          aux_updates=2, lr_decay=0.5, ema=0.99)
+                          aux_updates=2, lr_decay=0.5, ema=0.99, train_temperature=1.0, tune_sigma="",
+                          recall_margin=0.02)
 
 
 def fill(a, defaults, source):
@@ -142,9 +144,36 @@ class ImageTask:
             return out
         return monitor
 
-    def one_step_images(self, run, labels, temperature, seed, model=None):
-        return one_step_images(model or run.ema, self.tokenizer, labels, run.args.r_init, run.args.sigma_init,
-                               temperature, seed, EVAL_BATCH, run.rt.device)
+    def one_step_images(self, run, labels, temperature, seed, model=None, sigma=None):
+        """The EMA generator's (or model's) images at a temperature and an inference sigma (default sigma_init)."""
+        sigma = run.args.sigma_init if sigma is None else sigma
+        return one_step_images(model or run.ema, self.tokenizer, labels, run.args.r_init, sigma, temperature, seed,
+                               EVAL_BATCH, run.rt.device)
+
+    def tune_sampling(self, run, evaluator, labels, teacher_recall):
+        """The inference settings, tuned on seed + 1 (the report is on seed).  First the temperature, by FID at the
+        training sigma (as the paper tunes it).  Then the inference sigma (ours, --tune-sigma): the input's Gaussian
+        perturbation shrunk at inference, like a GAN's truncation trick, buys precision and FID with recall, and FID
+        alone would take it to recall far below the teacher's; so among the sigmas of the grid and sigma_init, the
+        lowest FID whose recall is at least the teacher's (teacher_recall) minus --recall-margin, else sigma_init.
+        -> (temperature, sigma, record for metrics.json)."""
+        a = run.args
+
+        def score(t, sigma):
+            return evaluator(self.one_step_images(run, labels, t, a.seed + 1, sigma=sigma), labels)
+        by_t = {t: score(t, a.sigma_init) for t in a.temperatures}
+        temperature = min(by_t, key=lambda t: by_t[t]["fid"]) if by_t else a.gen_temperature
+        record = dict(temperature_tuning_fid={t: m["fid"] for t, m in by_t.items()})
+        if a.gen_sigma is not None or not a.sigmas:
+            return temperature, a.sigma_init if a.gen_sigma is None else a.gen_sigma, record
+        by_sigma = {a.sigma_init: by_t.get(temperature) or score(temperature, a.sigma_init)}
+        by_sigma.update({s: score(temperature, s) for s in a.sigmas if s != a.sigma_init})
+        floor = teacher_recall - a.recall_margin
+        kept = [s for s, m in by_sigma.items() if m["recall"] >= floor]
+        sigma = min(kept, key=lambda s: by_sigma[s]["fid"]) if kept else a.sigma_init
+        record.update(sigma_tuning={s: dict(fid=m["fid"], recall=m["recall"]) for s, m in sorted(by_sigma.items())},
+                      recall_floor=round(floor, 4))
+        return temperature, sigma, record
 
     def grid(self, run, path):
         """Rows of 8: generator (EMA, one step), teacher (multi-step), auxiliary model (multi-step, no CFG)."""
@@ -166,7 +195,7 @@ class ImageTask:
     def evaluate(self, run, extra=None, score=None):
         """FID / class consistency against held-out images (toy data for the bundled teacher, --eval-data
         otherwise).  Released presets without --eval-data: samples as .npz for the ADM evaluator.
-        extra: {name: (model, temperature)}, more one-step generators scored beside run.ema at a fixed temperature
+        extra: {name: (model, temperature, sigma)}, more one-step generators scored beside run.ema at fixed settings
         (soft_refine.py: the Di[M]O generator it started from).  The teacher's samples come from the exact cache
         of eval.reference_tokens (--cache, then the shipped reference) when they were made before.
         score: fn(images, labels) -> {metric: value}, more metrics of each one-step generator's evaluated images
@@ -178,18 +207,13 @@ class ImageTask:
         with clock("held-out reference features"):
             evaluator = self.evaluator(a)
         if evaluator is None:
-            images = self.one_step_images(run, labels, a.gen_temperature, a.seed)
-            write_result(a.out, "generator_samples", dict(common, gen_temperature=a.gen_temperature), images, npz=True)
-            for name, (model, temperature) in extra.items():
-                write_result(a.out, f"{name}_samples", dict(common, gen_temperature=temperature),
-                             self.one_step_images(run, labels, temperature, a.seed, model), npz=True)
+            images = self.one_step_images(run, labels, a.gen_temperature, a.seed, sigma=a.gen_sigma)
+            write_result(a.out, "generator_samples", dict(common, gen_temperature=a.gen_temperature,
+                                                          gen_sigma=a.gen_sigma), images, npz=True)
+            for name, (model, temperature, sigma) in extra.items():
+                write_result(a.out, f"{name}_samples", dict(common, gen_temperature=temperature, gen_sigma=sigma),
+                             self.one_step_images(run, labels, temperature, a.seed, model, sigma), npz=True)
             return dict(common, gen_temperature=a.gen_temperature, npz=os.path.join(a.out, "generator_samples.npz"))
-        with clock("temperature tuning"):
-            tuning = {t: evaluator(self.one_step_images(run, labels, t, a.seed + 1), labels)["fid"]
-                      for t in a.temperatures}                           # tuned on seed+1, reported on seed
-        temperature = min(tuning, key=tuning.get) if tuning else a.gen_temperature
-        with clock("generator samples"):
-            images = self.one_step_images(run, labels, temperature, a.seed)
         first = [int(torch.nonzero(labels == c)[0]) for c in range(min(8, run.teacher.nclass))]
         on_device = labels.to(run.rt.device)
         key = dict(common, **evaluator.info)
@@ -201,12 +225,16 @@ class ImageTask:
                                           for name in ("teacher", "teacher_1step"))
             t_m, t1_m = evaluator(teacher_multi, labels), evaluator(teacher_one, labels)
             teacher_multi, teacher_one = teacher_multi[first], teacher_one[first]
+        with clock("temperature and sigma tuning"):
+            temperature, sigma, tuning = self.tune_sampling(run, evaluator, labels, t_m["recall"])
+        with clock("generator samples"):
+            images = self.one_step_images(run, labels, temperature, a.seed, sigma=sigma)
         with clock("generator metrics"):
             gen_m = evaluator(images, labels)
         metrics = dict(fid_generator=gen_m["fid"], fid_teacher=t_m["fid"], fid_teacher_1step=t1_m["fid"],
                        class_acc_generator=gen_m["class_acc"], class_acc_teacher=t_m["class_acc"],
                        class_acc_teacher_1step=t1_m["class_acc"], generator=gen_m, teacher=t_m, teacher_1step=t1_m,
-                       gen_temperature=temperature, temperature_tuning_fid=tuning,
+                       gen_temperature=temperature, gen_sigma=sigma, **tuning,
                        teacher_tokens={name: source for name, (_, source) in refs.items()},
                        **key)
         metrics.update({f"{k}_generator": v for k, v in (score(images, labels) if score else {}).items()})
@@ -233,11 +261,11 @@ class ImageTask:
     def score_extra(self, run, extra, labels, first, evaluator, score, metrics):
         """Metrics of the extra one-step generators into metrics; -> their grid rows."""
         rows, a = [], run.args
-        for name, (model, t) in extra.items():
-            extra_images = self.one_step_images(run, labels, t, a.seed, model)
+        for name, (model, t, sigma) in extra.items():
+            extra_images = self.one_step_images(run, labels, t, a.seed, model, sigma)
             m = evaluator(extra_images, labels)
             metrics.update({f"fid_{name}": m["fid"], f"class_acc_{name}": m["class_acc"], name: m,
-                            f"{name}_temperature": t})
+                            f"{name}_temperature": t, f"{name}_sigma": sigma})
             metrics.update({f"{k}_{name}": v for k, v in (score(extra_images, labels) if score else {}).items()})
             rows.append(extra_images[first])
         return rows

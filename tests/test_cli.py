@@ -33,13 +33,44 @@ def test_default_image_distillation_outputs(image_run):
     assert samples.shape == (5, 32, 32, 3) and samples.dtype == np.uint8 and labels.tolist() == [0, 1, 2, 3, 4]
     assert (image_run / "samples.png").exists() and (image_run / "grid_000003.png").exists()
     assert m["teacher_sampler"]["steps"] == 16 and m["ranks_identical"]
-    assert set(m["seconds_evaluation"]) >= {"temperature tuning", "generator samples", "teacher samples",
+    assert set(m["seconds_evaluation"]) >= {"temperature and sigma tuning", "generator samples", "teacher samples",
                                             "teacher metrics", "generator metrics"}
+    grid = {0.1, *map(float, PRESETS["maskbit-toy"]["distill"]["tune_sigma"].split(","))}   # the preset's + sigma_init
+    assert set(map(float, m["sigma_tuning"])) == grid and m["gen_sigma"] in grid
+    assert m["recall_floor"] == pytest.approx(m["teacher"]["recall"] - 0.02, abs=1e-4)
+    kept = {float(s): v["fid"] for s, v in m["sigma_tuning"].items() if v["recall"] >= m["recall_floor"]}
+    assert m["gen_sigma"] == (min(kept, key=kept.get) if kept else 0.1)
+    assert generator.load_run(str(image_run))[2]["gen_sigma"] == m["gen_sigma"]            # what sampling then uses
+    assert generator.load_run(str(image_run), sigma=0.02)[2]["gen_sigma"] == 0.02
     assert m["seconds_training"] > 0 and m["seconds_evaluation_total"] >= sum(m["seconds_evaluation"].values()) - 1
     assert m["speed_teacher_images_per_s"] > 0 and m["speed_reference_amp"] is False
     log = [json.loads(line) for line in open(image_run / "log.jsonl")]
     assert [r["step"] for r in log if "fid_30" in r] == [1, 3]               # --monitor-n 30, every 2 steps and the end
     assert all(r["fid_30"] > 0 and 0 <= r["class_acc_30"] <= 1 for r in log if "fid_30" in r)
+
+
+def test_sigma_tuning_takes_the_lowest_fid_that_keeps_the_teachers_recall():
+    """The temperature by FID at sigma_init; then, among the sigmas and sigma_init, the lowest FID on seed + 1 whose
+    recall is at least the teacher's minus the margin; sigma_init when none is; none tried when --gen-sigma is set."""
+    from types import SimpleNamespace
+    from tasks import ImageTask
+    table = {(0.2, 0.1): (2.0, 0.91), (0.3, 0.1): (2.1, 0.93), (0.2, 0.03): (1.4, 0.80), (0.2, 0.05): (1.6, 0.87),
+             (0.2, 0.07): (1.8, 0.89)}                              # (temperature, sigma): (FID, recall)
+    task, seen = ImageTask.__new__(ImageTask), []
+    task.one_step_images = lambda run, labels, t, seed, model=None, sigma=None: seen.append(seed) or (t, sigma)
+    evaluator = lambda key, labels: dict(fid=table[key][0], recall=table[key][1])
+
+    def tune(teacher_recall, **kw):
+        a = SimpleNamespace(seed=4, temperatures=[0.2, 0.3], sigma_init=0.1, sigmas=[0.03, 0.05, 0.07],
+                            gen_sigma=None, recall_margin=0.02, gen_temperature=1.0)
+        a.__dict__.update(kw)
+        return task.tune_sampling(SimpleNamespace(args=a), evaluator, None, teacher_recall)
+    t, sigma, record = tune(0.9)                                    # floor 0.88: 0.07 is the lowest FID kept
+    assert (t, sigma, record["recall_floor"]) == (0.2, 0.07, 0.88) and set(seen) == {5}
+    assert record["sigma_tuning"][0.05] == dict(fid=1.6, recall=0.87)
+    assert tune(0.88)[1] == 0.05 and tune(0.95)[1] == 0.1 and tune(0.9, recall_margin=1.0)[1] == 0.03
+    seen.clear()
+    assert tune(0.9, gen_sigma=0.05)[:2] == (0.2, 0.05) and len(seen) == 2   # the temperatures only
 
 
 def test_teacher_reference_cache_is_exact_and_keyed(image_run, tmp_path):

@@ -197,7 +197,7 @@ def test_teacher_dropout_flag(flag):
     teacher = MaskTransformer(img_size=64, hidden_dim=32, codebook_size=16, depth=1, heads=2, mlp_dim=64, nclass=5,
                               dropout=0.5).eval()
     a = SimpleNamespace(schedule="arccos", teacher_cfg=2.0, divergence="fkl", beta=0.0, normalisation="sum",
-                        teacher_dropout=flag)
+                        teacher_dropout=flag, train_temperature=1.0)
     run = SimpleNamespace(args=a, teacher=teacher, aux=make_generator(teacher).eval(), rt=runtime("cpu"))
     z = torch.randn(2, 16, 1, 17)
 
@@ -205,6 +205,32 @@ def test_teacher_dropout_flag(flag):
         run.rng = torch.Generator().manual_seed(0)
         return dimo_loss(run, z, torch.tensor([0, 1]))[1]
     assert (divergence() != divergence()) == flag and not teacher.training
+
+
+@pytest.mark.parametrize("tau", [0.5, 2.0])
+def test_training_temperature_is_di_m_o_on_the_logits_z_over_tau(tau):
+    """--train-temperature tau: the step at logits z is the paper's step (tau = 1) at the logits z / tau, draw, mask
+    and divergence alike, so the loss is the same and its gradient in z is the paper's gradient divided by tau."""
+    torch.manual_seed(0)
+    teacher = MaskTransformer(img_size=64, hidden_dim=32, codebook_size=16, depth=1, heads=2, mlp_dim=64,
+                              nclass=5).eval()
+    run = SimpleNamespace(teacher=teacher, aux=make_generator(teacher).eval(), rt=runtime("cpu"))
+    z = (torch.randn(3, 16, 1, 17) * 3).requires_grad_(True)
+    labels = torch.tensor([0, 1, 2])
+
+    def step(logits, t):
+        run.args = SimpleNamespace(schedule="arccos", teacher_cfg=2.0, divergence="fkl", beta=0.0,
+                                   normalisation="sum", teacher_dropout=False, train_temperature=t)
+        run.rng = torch.Generator().manual_seed(0)
+        loss, divergence, x = dimo_loss(run, logits, labels)
+        return loss, divergence, x, torch.autograd.grad(loss, z)[0]
+    loss_tau, div_tau, x_tau, grad_tau = step(z, tau)
+    loss_one, div_one, x_one, grad_one = step(z / tau, 1.0)
+    assert torch.equal(x_tau, x_one) and div_tau == div_one
+    torch.testing.assert_close(loss_tau, loss_one)
+    torch.testing.assert_close(grad_tau, grad_one)            # d/dz of L(z / tau) = (paper's gradient at z / tau) / tau
+    x_paper = step(z, 1.0)[2]
+    assert not torch.equal(x_paper, x_tau)                    # and it is another draw than the paper's at z
 
 
 def test_joint_family_covers_what_it_says():
