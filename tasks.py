@@ -46,6 +46,11 @@ TOY_VOCAB_DEFAULTS = dict(steps=3000, batch_size=256, lr=3e-4, lr_aux=3e-3, norm
                           recall_margin=0.02)
 
 
+def given_sigma(a):
+    """The inference sigma when it is not tuned: --gen-sigma, else the training sigma_init."""
+    return a.sigma_init if a.gen_sigma is None else a.gen_sigma
+
+
 def fill(a, defaults, source):
     """Unset settings take the defaults; ``a.defaults_used`` records which, and from where (config.json shows it:
     a setting not listed there was given, by a flag or by the run it continues)."""
@@ -165,7 +170,7 @@ class ImageTask:
         temperature = min(by_t, key=lambda t: by_t[t]["fid"]) if by_t else a.gen_temperature
         record = dict(temperature_tuning_fid={t: m["fid"] for t, m in by_t.items()})
         if a.gen_sigma is not None or not a.sigmas:
-            return temperature, a.sigma_init if a.gen_sigma is None else a.gen_sigma, record
+            return temperature, given_sigma(a), record
         by_sigma = {a.sigma_init: by_t.get(temperature) or score(temperature, a.sigma_init)}
         by_sigma.update({s: score(temperature, s) for s in a.sigmas if s != a.sigma_init})
         floor = teacher_recall - a.recall_margin
@@ -207,13 +212,13 @@ class ImageTask:
         with clock("held-out reference features"):
             evaluator = self.evaluator(a)
         if evaluator is None:
-            images = self.one_step_images(run, labels, a.gen_temperature, a.seed, sigma=a.gen_sigma)
-            write_result(a.out, "generator_samples", dict(common, gen_temperature=a.gen_temperature,
-                                                          gen_sigma=a.gen_sigma), images, npz=True)
+            sampling = dict(gen_temperature=a.gen_temperature, gen_sigma=given_sigma(a))   # what load_run reads back
+            images = self.one_step_images(run, labels, a.gen_temperature, a.seed, sigma=sampling["gen_sigma"])
+            write_result(a.out, "generator_samples", dict(common, **sampling), images, npz=True)
             for name, (model, temperature, sigma) in extra.items():
                 write_result(a.out, f"{name}_samples", dict(common, gen_temperature=temperature, gen_sigma=sigma),
                              self.one_step_images(run, labels, temperature, a.seed, model, sigma), npz=True)
-            return dict(common, gen_temperature=a.gen_temperature, npz=os.path.join(a.out, "generator_samples.npz"))
+            return dict(common, **sampling, npz=os.path.join(a.out, "generator_samples.npz"))
         first = [int(torch.nonzero(labels == c)[0]) for c in range(min(8, run.teacher.nclass))]
         on_device = labels.to(run.rt.device)
         key = dict(common, **evaluator.info)

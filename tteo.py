@@ -128,7 +128,7 @@ def sampling_settings(run, temperature, preset, args):
     soft = next(t for t in (args.soft_temperature, run.get("soft_temperature"),
                             PRESETS[preset]["soft"]["soft_temperature"]) if t is not None)
     check_range("--soft-temperature", soft, low=0, low_open=True)
-    return dict(r_init=run["r_init"], sigma_init=run.get("gen_sigma", run["sigma_init"]), temperature=temperature,
+    return dict(r_init=run["r_init"], sigma_init=run["gen_sigma"], temperature=temperature,
                 soft_temperature=soft)
 
 
