@@ -310,8 +310,8 @@ def build_parser():
                    "--sigma-init)")
     p.add_argument("--tune-sigma", help="comma-separated inference sigmas <= --sigma-init tried after the "
                    "temperature (default per preset; '' to skip)")
-    p.add_argument("--recall-margin", type=float, help="the sigma tuning keeps recall within this margin of the "
-                   "teacher's (default per preset)")
+    p.add_argument("--recall-margin", type=float, help="the sigma tuning aims recall at the teacher's minus this "
+                   "margin (default per preset)")
     p.add_argument("--eval-n", type=int, help="samples per final measurement")
     p.add_argument("--eval-data", help="held-out images for FID: 'toy' (default for bundled teachers) or a folder")
     p.add_argument("--features", help="feature network for FID (default: assets/eval_features.pt)")

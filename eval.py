@@ -235,8 +235,9 @@ def teacher_images(teacher, tokenizer, labels, settings, seed, batch=EVAL_BATCH)
 # The teacher's reference samples are deterministic: the same weights, sampler settings, labels, seed, batch, device
 # type, autocast and torch version give the same tokens, bit for bit (also across CPUs).  So they are cached exactly,
 # as tokens under a key of all of these (decoding and scoring stay local: a changed tokenizer, feature network or
-# held-out set is used as it is).  REFERENCE ships the bundled teacher's default reference (2000 samples, seed 0, at
-# its sampler and at one step); tests/test_cli.py samples their first batches again and compares them bit for bit.
+# held-out set is used as it is).  REFERENCE ships the bundled teacher's default references (2000 samples: seed 0 at
+# its sampler and at one step, seeds 1 and 2 at its sampler, the sigma tuning's draws); tests/test_cli.py samples
+# their first batches again and compares them bit for bit.
 REFERENCE = os.path.join(ASSETS, "teacher_tokens")
 
 
@@ -323,7 +324,8 @@ def main_teacher(argv):
     add_sampler_args(parser)
     parser.add_argument("--steps-list", default="1,2,4,8,16,32", help="comma-separated step counts")
     parser.add_argument("--cache", default="runs/cache", help="exact cache of the samples (reference_tokens; '': "
-                        "none); --cache assets/teacher_tokens --steps-list 1,16 writes the shipped reference")
+                        "none); --cache assets/teacher_tokens --steps-list 1,16 writes the shipped reference, "
+                        "--steps-list 16 --seed 1 and --seed 2 its tuning draws")
     args = parser.parse_args(argv)
     check_range("--n", args.n, low=2)
     rt = runtime(args.device)

@@ -299,8 +299,8 @@ def build_parser():
                    "the --init run's grid)")
     p.add_argument("--tune-sigma", help="inference sigmas tried after the temperature (default: the --init run's)")
     p.add_argument("--gen-sigma", type=float, help="a fixed inference sigma instead of the tuned one")
-    p.add_argument("--recall-margin", type=float, help="the sigma tuning keeps recall within this margin of the "
-                   "teacher's (default: the --init run's)")
+    p.add_argument("--recall-margin", type=float, help="the sigma tuning aims recall at the teacher's minus this "
+                   "margin (default: the --init run's)")
     p.add_argument("--eval-n", type=int, help="samples per final measurement (default: the --init run's)")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--eval-every", type=int, default=100, help="in-training FID every N steps (and at the end)")

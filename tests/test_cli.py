@@ -10,6 +10,7 @@ import torch
 import distill
 import eval as evaluation
 import generator
+import tasks
 import tokenizer
 from config import PRESETS
 
@@ -36,10 +37,12 @@ def test_default_image_distillation_outputs(image_run):
     assert set(m["seconds_evaluation"]) >= {"temperature and sigma tuning", "generator samples", "teacher samples",
                                             "teacher metrics", "generator metrics"}
     grid = {0.1, *map(float, PRESETS["maskbit-toy"]["distill"]["tune_sigma"].split(","))}   # the preset's + sigma_init
-    assert set(map(float, m["sigma_tuning"])) == grid and m["gen_sigma"] in grid
-    assert m["recall_floor"] == pytest.approx(m["teacher"]["recall"] - 0.02, abs=1e-4)
-    kept = {float(s): v["fid"] for s, v in m["sigma_tuning"].items() if v["recall"] >= m["recall_floor"]}
-    assert m["gen_sigma"] == (min(kept, key=kept.get) if kept else 0.1)
+    assert set(map(float, m["sigma_tuning"])) == grid and min(grid) <= m["gen_sigma"] <= 0.1
+    assert m["teacher_recall_draws"][0] == m["teacher"]["recall"] and len(m["teacher_recall_draws"]) == 3
+    assert m["recall_floor"] == pytest.approx(np.mean(m["teacher_recall_draws"]) - 0.02, abs=1e-4)
+    sigmas = sorted(grid)
+    assert m["gen_sigma"] == tasks.sigma_for_recall(sigmas, [m["sigma_tuning"][str(s)]["recall"] for s in sigmas],
+                                                    m["recall_floor"], 0.1)[0]
     assert generator.load_run(str(image_run))[2]["gen_sigma"] == m["gen_sigma"]            # what sampling then uses
     assert generator.load_run(str(image_run), sigma=0.02)[2]["gen_sigma"] == 0.02
     assert m["seconds_training"] > 0 and m["seconds_evaluation_total"] >= sum(m["seconds_evaluation"].values()) - 1
@@ -49,26 +52,44 @@ def test_default_image_distillation_outputs(image_run):
     assert all(r["fid_30"] > 0 and 0 <= r["class_acc_30"] <= 1 for r in log if "fid_30" in r)
 
 
-def test_sigma_tuning_takes_the_lowest_fid_that_keeps_the_teachers_recall():
-    """The temperature by FID at sigma_init; then, among the sigmas and sigma_init, the lowest FID on seed + 1 whose
-    recall is at least the teacher's minus the margin; sigma_init when none is; none tried when --gen-sigma is set."""
+def test_sigma_for_recall_meets_the_floor_on_the_fitted_line():
+    """The sigma where the least-squares line of recall over sigma meets the floor, within [min, sigma_init]."""
+    sigmas = [0.03, 0.05, 0.07, 0.1]
+    line = [0.5 + 4 * s for s in sigmas]                                 # recall 0.62, 0.70, 0.78, 0.90
+    assert tasks.sigma_for_recall(sigmas, line, 0.74, 0.1) == (0.06, dict(slope=4.0, intercept=0.5))
+    assert tasks.sigma_for_recall(sigmas, line, 0.50, 0.1)[0] == 0.03   # the line is above it everywhere
+    assert tasks.sigma_for_recall(sigmas, line, 0.95, 0.1)[0] == 0.1    # below it even at sigma_init
+    assert tasks.sigma_for_recall(sigmas, line[::-1], 0.74, 0.1)[0] == 0.1   # recall does not rise with sigma
+    assert tasks.sigma_for_recall([0.1, 0.1], [0.8, 0.9], 0.74, 0.1) == (0.1, {})
+    lucky = [0.62, 0.76, 0.78, 0.90]                                    # 0.05 above 0.74 by noise: the line says
+    assert 0.05 < tasks.sigma_for_recall(sigmas, lucky, 0.74, 0.1)[0] < 0.06
+
+
+def test_sigma_tuning_fits_recall_over_two_draws():
+    """The temperature by FID at sigma_init on seed + 1; then each sigma of the grid and sigma_init on seeds + 1
+    and + 2, their mean recall fitted by a line (sigma_for_recall); none tried when --gen-sigma is set."""
     from types import SimpleNamespace
     from tasks import ImageTask
-    table = {(0.2, 0.1): (2.0, 0.91), (0.3, 0.1): (2.1, 0.93), (0.2, 0.03): (1.4, 0.80), (0.2, 0.05): (1.6, 0.87),
-             (0.2, 0.07): (1.8, 0.89)}                              # (temperature, sigma): (FID, recall)
+    fid = {0.2: 2.0, 0.3: 2.1}                                           # temperature: FID at sigma_init
     task, seen = ImageTask.__new__(ImageTask), []
-    task.one_step_images = lambda run, labels, t, seed, model=None, sigma=None: seen.append(seed) or (t, sigma)
-    evaluator = lambda key, labels: dict(fid=table[key][0], recall=table[key][1])
+    task.one_step_images = lambda run, labels, t, seed, model=None, sigma=None: seen.append(seed) or (t, sigma, seed)
+
+    def evaluator(key, labels):                                         # recall 0.5 + 4 sigma, +-0.03 by draw
+        t, sigma, seed = key
+        return dict(fid=fid[t] if sigma == 0.1 else 1 + 10 * sigma, recall=0.5 + 4 * sigma + (0.03 if seed == 5
+                                                                                                else -0.03))
 
     def tune(teacher_recall, **kw):
         a = SimpleNamespace(seed=4, temperatures=[0.2, 0.3], sigma_init=0.1, sigmas=[0.03, 0.05, 0.07],
                             gen_sigma=None, recall_margin=0.02, gen_temperature=1.0)
         a.__dict__.update(kw)
         return task.tune_sampling(SimpleNamespace(args=a), evaluator, None, teacher_recall)
-    t, sigma, record = tune(0.9)                                    # floor 0.88: 0.07 is the lowest FID kept
-    assert (t, sigma, record["recall_floor"]) == (0.2, 0.07, 0.88) and set(seen) == {5}
-    assert record["sigma_tuning"][0.05] == dict(fid=1.6, recall=0.87)
-    assert tune(0.88)[1] == 0.05 and tune(0.95)[1] == 0.1 and tune(0.9, recall_margin=1.0)[1] == 0.03
+    t, sigma, record = tune(0.76)                                      # floor 0.74: the line meets it at 0.06
+    assert (t, sigma, record["recall_floor"]) == (0.2, 0.06, 0.74) and sorted(set(seen)) == [5, 6]
+    assert seen.count(5) == 2 + 3 and seen.count(6) == 4                # sigma_init's seed + 1 draw is reused
+    assert record["sigma_tuning"][0.05] == pytest.approx(dict(fid=1.5, recall=0.7))
+    assert record["recall_fit"] == dict(slope=4.0, intercept=0.5)
+    assert tune(0.6)[1] == 0.03 and tune(0.95)[1] == 0.1 and tune(0.76, recall_margin=0.06)[1] == 0.05
     seen.clear()
     assert tune(0.9, gen_sigma=0.05)[:2] == (0.2, 0.05) and len(seen) == 2   # the temperatures only
 
@@ -81,14 +102,15 @@ def test_teacher_reference_cache_is_exact_and_keyed(image_run, tmp_path):
               "--cache", str(image_run / "cache")]
     distill.main(common + ["--eval-n", "60", "--out", str(tmp_path / "hit")])
     hit = json.load(open(tmp_path / "hit" / "metrics.json"))
-    assert first["teacher_tokens"] == {"teacher": "sampled", "teacher_1step": "sampled"}
+    assert first["teacher_tokens"] == dict.fromkeys(["teacher", "teacher_1step", "teacher_seed+1", "teacher_seed+2"],
+                                                    "sampled")              # + the sigma tuning's two draws
     assert all(source.startswith(str(image_run / "cache")) for source in hit["teacher_tokens"].values())
     assert (hit["teacher"], hit["teacher_1step"]) == (first["teacher"], first["teacher_1step"])
     assert hit["fid_generator"] != first["fid_generator"]                # the generator itself is not cached
     distill.main(common + ["--eval-n", "50", "--out", str(tmp_path / "miss")])
     miss = json.load(open(tmp_path / "miss" / "metrics.json"))
     assert set(miss["teacher_tokens"].values()) == {"sampled"} and miss["teacher"]["n"] == 50
-    assert len(list((image_run / "cache").glob("teacher_tokens-*.pt"))) == 4
+    assert len(list((image_run / "cache").glob("teacher_tokens-*.pt"))) == 8
 
 
 def test_reference_tokens_equal_sampling_and_reject_a_wrong_file(tmp_path):
@@ -139,21 +161,23 @@ def test_real_token_cache_follows_the_folder_and_rejects_a_wrong_file(tmp_path):
 
 
 def test_the_shipped_teacher_reference_is_the_default_runs_and_exact():
-    """assets/teacher_tokens holds the default run's two teacher references (2000 samples, seed 0, at the sampler and
-    at one step): their keys are what the default evaluation asks for, and their first batch is sampled again here
-    and compared bit for bit."""
+    """assets/teacher_tokens holds the default run's four teacher references (2000 samples: seed 0 at the sampler and
+    at one step, seeds 1 and 2 at the sampler for the sigma tuning's floor): their keys are what the default
+    evaluation asks for, and the report's (seed 0) first batch is sampled again here and compared bit for bit (the
+    tuning draws' 16-step batches would add a minute; their keys pin the same sampler, labels and seed)."""
     from checkpoints import load_checkpoint
     from tasks import IMAGE_DEFAULTS
     from teacher import load_pair
     teacher = load_pair("maskbit", verbose=False)[0]
     n, sampler = IMAGE_DEFAULTS["eval_n"], PRESETS["maskbit-toy"]["sampler"]
     labels = torch.arange(n) % teacher.nclass
-    for settings in (sampler, dict(sampler, steps=1)):
-        key, _ = evaluation.reference_key(teacher, labels, settings, 0)
+    for settings, seed in ((sampler, 0), (dict(sampler, steps=1), 0), (sampler, 1), (sampler, 2)):
+        key, _ = evaluation.reference_key(teacher, labels, settings, seed)
         saved = load_checkpoint(os.path.join(evaluation.REFERENCE, f"teacher_tokens-{key[:16]}.pt"))
         assert saved["key"] == key and saved["tokens"].shape == (n, teacher.seq_len, teacher.splits)
-        first = evaluation.teacher_tokens(teacher, labels[:evaluation.EVAL_BATCH], settings, 0)
-        assert torch.equal(saved["tokens"][:evaluation.EVAL_BATCH].long(), first)
+        if seed == 0:
+            first = evaluation.teacher_tokens(teacher, labels[:evaluation.EVAL_BATCH], settings, seed)
+            assert torch.equal(saved["tokens"][:evaluation.EVAL_BATCH].long(), first)
 
 
 def test_fingerprint_keys_on_every_byte():
