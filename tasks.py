@@ -55,8 +55,8 @@ def sigma_for_recall(sigmas, recalls, floor, sigma_init):
     """The inference sigma where recall meets floor: on the least-squares line recall = intercept + slope sigma
     through the measured (sigma, recall), the sigma where it equals floor, kept within [min(sigmas), sigma_init];
     sigma_init when the line does not rise with sigma or is below floor at sigma_init.  A line through all the
-    points, not the points one by one: one draw of 2000 samples moves recall by about 0.02 (docs/soft_dimo.md), so
-    the first point above the floor is often above it by luck, and is then below it on fresh draws.  The smallest
+    points, not the points one by one: one draw of 2000 samples moves recall by a few hundredths (docs/soft_dimo.md),
+    so the first point above the floor is often above it by luck, and is then below it on fresh draws.  The smallest
     such sigma is the lowest FID: FID rises with sigma over the grid in every run measured.
     -> (sigma rounded to 4 decimals, dict(slope, intercept)); (sigma_init, {}) with fewer than two sigmas."""
     if len(set(sigmas)) < 2:
@@ -241,7 +241,7 @@ class ImageTask:
         on_device = labels.to(run.rt.device)
         key = dict(common, **evaluator.info)
         # the sigma tuning's recall floor reads the teacher on the report draw and on the two tuning draws: one draw
-        # of 2000 moves its recall by about 0.01 (0.8915 / 0.877 / 0.9025 on draws 0 / 1 / 2 of the toy teacher)
+        # of 2000 moves its recall by up to 0.025 (0.8915 / 0.877 / 0.9025 on draws 0 / 1 / 2 of the toy teacher)
         draws = {"teacher": (self.sampler, a.seed), "teacher_1step": (dict(self.sampler, steps=1), a.seed)}
         if a.sigmas and a.gen_sigma is None:
             draws.update({f"teacher_seed+{d}": (self.sampler, a.seed + d) for d in (1, 2)})
