@@ -120,7 +120,7 @@ PRESETS["maskbit-toy"] = dict(
     # measured here (docs/dimo.md): the generator's lr 3e-4 decayed linearly to 0 over the run beat 2e-4 constant
     # (the best of 7 constant settings) on the mean of 3 seeds at the same 1400 steps; fewer steps cost FID;
     # temperatures <= 0.3.  Issue 26 (docs/soft_dimo.md): training draws at tau 0.5 give the GAN stage a more
-    # diverse start, and a smaller inference sigma, kept within 0.02 of the teacher's recall, buys FID
+    # diverse start, and a smaller inference sigma, aimed at the teacher's recall minus 0.02, buys FID
     distill=dict(steps=1400, batch_size=32, lr=3e-4, lr_aux=2e-3, normalisation="sum", label_smoothing=0.1,
                  r_init=0.6, sigma_init=0.1, teacher_cfg=2.0, gen_temperature=1.0, aux_updates=1, lr_decay=1.0,
                  train_temperature=0.5, tune_temperature="0.1,0.2,0.3", tune_sigma="0.05,0.06,0.07,0.08,0.09",

@@ -236,8 +236,8 @@ def teacher_images(teacher, tokenizer, labels, settings, seed, batch=EVAL_BATCH)
 # type, autocast and torch version give the same tokens, bit for bit (also across CPUs).  So they are cached exactly,
 # as tokens under a key of all of these (decoding and scoring stay local: a changed tokenizer, feature network or
 # held-out set is used as it is).  REFERENCE ships the bundled teacher's default references (2000 samples: seed 0 at
-# its sampler and at one step, seeds 1 and 2 at its sampler, the sigma tuning's draws); tests/test_cli.py samples
-# their first batches again and compares them bit for bit.
+# its sampler and at one step, seeds 1 and 2 at its sampler, the sigma tuning's draws); tests/test_cli.py checks
+# their keys and samples seed 0's first batches again to compare them bit for bit.
 REFERENCE = os.path.join(ASSETS, "teacher_tokens")
 
 

@@ -46,6 +46,16 @@ TOY_VOCAB_DEFAULTS = dict(steps=3000, batch_size=256, lr=3e-4, lr_aux=3e-3, norm
                           recall_margin=0.02)
 
 
+# the draws the inference settings are tuned on, as offsets to the report's seed: the temperature on the first,
+# the sigma on all (the teacher's recall floor reads them too)
+TUNING_DRAWS = (1, 2)
+
+
+def tunes_sigma(a):
+    """Whether the evaluation tunes the inference sigma: a --tune-sigma grid and no --gen-sigma."""
+    return bool(a.sigmas) and a.gen_sigma is None
+
+
 def given_sigma(a):
     """The inference sigma when it is not tuned: --gen-sigma, else the training sigma_init."""
     return a.sigma_init if a.gen_sigma is None else a.gen_sigma
@@ -182,16 +192,16 @@ class ImageTask:
         -> (temperature, sigma, record for metrics.json)."""
         a = run.args
 
-        def score(t, sigma, draw=1):
+        def score(t, sigma, draw=TUNING_DRAWS[0]):
             return evaluator(self.one_step_images(run, labels, t, a.seed + draw, sigma=sigma), labels)
         by_t = {t: score(t, a.sigma_init) for t in a.temperatures}
         temperature = min(by_t, key=lambda t: by_t[t]["fid"]) if by_t else a.gen_temperature
         record = dict(temperature_tuning_fid={t: m["fid"] for t, m in by_t.items()})
-        if a.gen_sigma is not None or not a.sigmas:
+        if not tunes_sigma(a):
             return temperature, given_sigma(a), record
         grid = sorted({*a.sigmas, a.sigma_init})
-        by_sigma = {s: [by_t[temperature] if s == a.sigma_init and temperature in by_t else score(temperature, s),
-                        score(temperature, s, draw=2)] for s in grid}                 # two draws per sigma
+        by_sigma = {s: [by_t[temperature] if s == a.sigma_init and temperature in by_t else score(temperature, s)]
+                    + [score(temperature, s, d) for d in TUNING_DRAWS[1:]] for s in grid}
         table = {s: {k: float(np.mean([m[k] for m in ms])) for k in ("fid", "recall")} for s, ms in by_sigma.items()}
         floor = teacher_recall - a.recall_margin
         sigma, fit = sigma_for_recall(grid, [table[s]["recall"] for s in grid], floor, a.sigma_init)
@@ -242,9 +252,9 @@ class ImageTask:
         key = dict(common, **evaluator.info)
         # the sigma tuning's recall floor reads the teacher on the report draw and on the two tuning draws: one draw
         # of 2000 moves its recall by up to 0.025 (0.8915 / 0.877 / 0.9025 on draws 0 / 1 / 2 of the toy teacher)
-        draws = {"teacher": (self.sampler, a.seed), "teacher_1step": (dict(self.sampler, steps=1), a.seed)}
-        if a.sigmas and a.gen_sigma is None:
-            draws.update({f"teacher_seed+{d}": (self.sampler, a.seed + d) for d in (1, 2)})
+        tuning_draws = {f"teacher_seed+{d}": (self.sampler, a.seed + d) for d in TUNING_DRAWS} if tunes_sigma(a) else {}
+        draws = {"teacher": (self.sampler, a.seed), "teacher_1step": (dict(self.sampler, steps=1), a.seed),
+                 **tuning_draws}
         with run.rt.autocast(), clock("teacher samples"):               # exact cache: eval.reference_tokens
             refs = {name: reference_tokens(run.teacher, on_device, settings, seed, a.cache, run.rt.amp)
                     for name, (settings, seed) in draws.items()}
@@ -254,10 +264,10 @@ class ImageTask:
             t_m, t1_m = evaluator(teacher_multi, labels), evaluator(teacher_one, labels)
             teacher_multi, teacher_one = teacher_multi[first], teacher_one[first]
             teacher_recall = [t_m["recall"]] + [evaluator(decode(run.teacher, self.tokenizer, refs[name][0]),
-                                                          labels)["recall"] for name in draws if "+" in name]
+                                                          labels)["recall"] for name in tuning_draws]
         with clock("temperature and sigma tuning"):
             temperature, sigma, tuning = self.tune_sampling(run, evaluator, labels, float(np.mean(teacher_recall)))
-        if len(teacher_recall) > 1:
+        if tuning_draws:
             tuning["teacher_recall_draws"] = teacher_recall
         with clock("generator samples"):
             images = self.one_step_images(run, labels, temperature, a.seed, sigma=sigma)

@@ -123,8 +123,8 @@ def search(gen, tokenizer, labels, rewards, select, s, best_of, iters, lr, seed,
 
 def sampling_settings(run, temperature, preset, args):
     """The run's r_init and inference sigma (as 'sigma_init': the tuned one, else the training one), the sampling
-    temperature, and the soft temperature: --soft-temperature, else
-    the run's (a soft_refine.py run), else the preset's (0 counts as given, and is then rejected)."""
+    temperature, and the soft temperature: --soft-temperature, else the run's (a soft_refine.py run), else the
+    preset's (0 counts as given, and is then rejected)."""
     soft = next(t for t in (args.soft_temperature, run.get("soft_temperature"),
                             PRESETS[preset]["soft"]["soft_temperature"]) if t is not None)
     check_range("--soft-temperature", soft, low=0, low_open=True)
