@@ -308,7 +308,7 @@ def build_parser():
                    "final evaluation (default per preset; '' to skip)")
     p.add_argument("--gen-sigma", type=float, help="the input perturbation at inference (default: tuned, else "
                    "--sigma-init)")
-    p.add_argument("--tune-sigma", help="comma-separated inference sigmas <= --sigma-init tried after the "
+    p.add_argument("--tune-sigma", help="comma-separated inference sigmas tried, with --sigma-init, after the "
                    "temperature (default per preset; '' to skip)")
     p.add_argument("--recall-margin", type=float, help="the sigma tuning aims recall at the teacher's minus this "
                    "margin (default per preset)")
@@ -356,7 +356,7 @@ def check_args(a):
     check_range("--gen-temperature", a.gen_temperature, low=0, low_open=True)
     check_range("--train-temperature", a.train_temperature, low=0, low_open=True)
     if a.gen_sigma is not None:
-        check_range("--gen-sigma", a.gen_sigma, 0, a.sigma_init)
+        check_range("--gen-sigma", a.gen_sigma, 0, 1, high_open=True)
     check_range("--recall-margin", a.recall_margin, 0, 1)
     if a.monitor_n > 0 and a.teacher == "toy-vocab":
         raise UserError("--monitor-n is for image teachers; toy-vocab monitors TV every --eval-every steps anyway")
@@ -366,7 +366,7 @@ def check_args(a):
     check_range("--lr-decay", a.lr_decay, 0, 1)
     a.temperatures = [check_range("--tune-temperature", float(t), low=0, low_open=True)
                       for t in a.tune_temperature.split(",") if t.strip()] if a.tune_temperature else []
-    a.sigmas = [check_range("--tune-sigma", float(v), 0, a.sigma_init)
+    a.sigmas = [check_range("--tune-sigma", float(v), 0, 1, high_open=True)
                 for v in a.tune_sigma.split(",") if v.strip()] if a.tune_sigma else []
 
 

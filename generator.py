@@ -20,7 +20,7 @@ the generator entropy through its input:
 
 Then one forward pass gives logits [B, N, S, V] for every position (the random visible tokens are not kept), and
 tokens are drawn from softmax(logits / temperature); the inference temperature is tuned per checkpoint, as the
-paper does.  The inference sigma may be smaller than the training sigma_init (ours, like a GAN's truncation trick:
+paper does.  The inference sigma may differ from the training sigma_init (ours, like a GAN's truncation trick:
 less input noise, sharper images, less diversity); a run's evaluation tunes it to a recall floor
 (``tasks.ImageTask.tune_sampling``) and ``load_run`` returns it as the settings' 'gen_sigma'.  Every function takes
 an explicit ``torch.Generator``: same seed, same device, same samples.  An explicit ``x_init`` can be passed

@@ -39,6 +39,9 @@ Discriminator (the paper gives its place, not its parts; what is ours is marked 
 * ``--soft-temperature T`` (ours): the GAN (and the reward) judges softmax(z / T).  T = 1 is the paper's plain
   softmax, right for the peaked students it describes; the toy student samples best at T = 0.2, and judging that
   is what works (docs/soft_dimo.md).
+* ``--sigma-init`` (ours): the generator's input perturbation while the stage trains.  The toy preset's 0.06 is near
+  where the refined generator is then sampled (the Di[M]O run trains at 0.1), so the GAN refines the images
+  inference makes; the inference sigma is then tuned on a grid around it (docs/soft_dimo.md, issue 26).
 
 Run:  python soft_refine.py                      (after python distill.py --teacher maskbit; minutes on a CPU)
       python soft_refine.py --w-dimo 0           (GAN only)      python soft_refine.py --relax gumbel-st
@@ -295,6 +298,8 @@ def build_parser():
     p.add_argument("--d-hidden", type=int, default=128, help="width of each discriminator head")
     p.add_argument("--d-updates", type=int, default=1, help="discriminator steps per generator step")
     p.add_argument("--d-warmup", type=int, help="discriminator-only steps before training (default per preset)")
+    p.add_argument("--sigma-init", type=float, help="the generator's input perturbation while the stage trains "
+                   "(default per preset: the toy's 0.06, near where it is sampled; else the --init run's)")
     p.add_argument("--tune-temperature", help="temperatures tried before the final evaluation (default: "
                    "the --init run's grid)")
     p.add_argument("--tune-sigma", help="inference sigmas tried after the temperature (default: the --init run's)")

@@ -61,21 +61,24 @@ def given_sigma(a):
     return a.sigma_init if a.gen_sigma is None else a.gen_sigma
 
 
-def sigma_for_recall(sigmas, recalls, floor, sigma_init):
+def sigma_for_recall(sigmas, recalls, floor):
     """The inference sigma where recall meets floor: on the least-squares line recall = intercept + slope sigma
-    through the measured (sigma, recall), the sigma where it equals floor, kept within [min(sigmas), sigma_init];
-    sigma_init when the line does not rise with sigma or is below floor at sigma_init.  A line through all the
-    points, not the points one by one: one draw of 2000 samples moves recall by a few hundredths (docs/soft_dimo.md),
-    so the first point above the floor is often above it by luck, and is then below it on fresh draws.  The smallest
-    such sigma is the lowest FID: FID rises with sigma over the grid in every run measured.
-    -> (sigma rounded to 4 decimals, dict(slope, intercept)); (sigma_init, {}) with fewer than two sigmas."""
+    through the measured (sigma, recall), the smallest sigma of the grid's range [min, max] where the line is at or
+    above floor (the smallest sigma is the lowest FID: FID rises with sigma over the grid in every run measured);
+    the grid's largest sigma when there is none.  A line through all the points, not the points one by one: one
+    draw of 2000 samples moves recall by a few hundredths (docs/soft_dimo.md), so the first point above the floor
+    is often above it by luck, and is then below it on fresh draws.
+    -> (sigma rounded to 4 decimals, dict(slope, intercept)); (the largest sigma, {}) with fewer than two."""
+    low, top = min(sigmas), max(sigmas)
     if len(set(sigmas)) < 2:
-        return sigma_init, {}
+        return top, {}
     slope, intercept = (float(v) for v in np.polyfit(np.asarray(sigmas, float), np.asarray(recalls, float), 1))
     fit = dict(slope=round(slope, 4), intercept=round(intercept, 4))
-    if slope <= 0 or intercept + slope * sigma_init < floor:
-        return sigma_init, fit
-    return round(max(min(sigmas), (floor - intercept) / slope), 4), fit
+    if intercept + slope * low >= floor:                                 # the whole range, if the line falls
+        return low, fit
+    if slope <= 0 or intercept + slope * top < floor:
+        return top, fit
+    return round((floor - intercept) / slope, 4), fit
 
 
 def fill(a, defaults, source):
@@ -204,7 +207,7 @@ class ImageTask:
                     + [score(temperature, s, d) for d in TUNING_DRAWS[1:]] for s in grid}
         table = {s: {k: float(np.mean([m[k] for m in ms])) for k in ("fid", "recall")} for s, ms in by_sigma.items()}
         floor = teacher_recall - a.recall_margin
-        sigma, fit = sigma_for_recall(grid, [table[s]["recall"] for s in grid], floor, a.sigma_init)
+        sigma, fit = sigma_for_recall(grid, [table[s]["recall"] for s in grid], floor)
         record.update(sigma_tuning=table, recall_fit=fit, recall_floor=round(floor, 4))
         return temperature, sigma, record
 

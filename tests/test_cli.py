@@ -42,7 +42,7 @@ def test_default_image_distillation_outputs(image_run):
     assert m["recall_floor"] == pytest.approx(np.mean(m["teacher_recall_draws"]) - 0.02, abs=1e-4)
     sigmas = sorted(grid)
     assert m["gen_sigma"] == tasks.sigma_for_recall(sigmas, [m["sigma_tuning"][str(s)]["recall"] for s in sigmas],
-                                                    m["recall_floor"], 0.1)[0]
+                                                    m["recall_floor"])[0]
     assert generator.load_run(str(image_run))[2]["gen_sigma"] == m["gen_sigma"]            # what sampling then uses
     assert generator.load_run(str(image_run), sigma=0.02)[2]["gen_sigma"] == 0.02
     assert m["seconds_training"] > 0 and m["seconds_evaluation_total"] >= sum(m["seconds_evaluation"].values()) - 1
@@ -53,16 +53,19 @@ def test_default_image_distillation_outputs(image_run):
 
 
 def test_sigma_for_recall_meets_the_floor_on_the_fitted_line():
-    """The sigma where the least-squares line of recall over sigma meets the floor, within [min, sigma_init]."""
+    """The sigma where the least-squares line of recall over sigma meets the floor, within the grid [min, max]."""
     sigmas = [0.03, 0.05, 0.07, 0.1]
     line = [0.5 + 4 * s for s in sigmas]                                 # recall 0.62, 0.70, 0.78, 0.90
-    assert tasks.sigma_for_recall(sigmas, line, 0.74, 0.1) == (0.06, dict(slope=4.0, intercept=0.5))
-    assert tasks.sigma_for_recall(sigmas, line, 0.50, 0.1)[0] == 0.03   # the line is above it everywhere
-    assert tasks.sigma_for_recall(sigmas, line, 0.95, 0.1)[0] == 0.1    # below it even at sigma_init
-    assert tasks.sigma_for_recall(sigmas, line[::-1], 0.74, 0.1)[0] == 0.1   # recall does not rise with sigma
-    assert tasks.sigma_for_recall([0.1, 0.1], [0.8, 0.9], 0.74, 0.1) == (0.1, {})
+    assert tasks.sigma_for_recall(sigmas, line, 0.74) == (0.06, dict(slope=4.0, intercept=0.5))
+    assert tasks.sigma_for_recall(sigmas, line, 0.50)[0] == 0.03   # the line is above it everywhere
+    assert tasks.sigma_for_recall(sigmas, line, 0.95)[0] == 0.1    # below it even at the grid's top
+    assert tasks.sigma_for_recall(sigmas, line[::-1], 0.74)[0] == 0.03  # a falling line above the floor: the smallest
+    assert tasks.sigma_for_recall(sigmas, line[::-1], 0.95)[0] == 0.1   # ... below it everywhere: the largest
+    flat = [0.907, 0.877, 0.901, 0.883, 0.902]                          # every point above 0.87, slope about 0
+    assert tasks.sigma_for_recall([0.04, 0.05, 0.06, 0.07, 0.08], flat, 0.87)[0] == 0.04
+    assert tasks.sigma_for_recall([0.1, 0.1], [0.8, 0.9], 0.74) == (0.1, {})
     lucky = [0.62, 0.76, 0.78, 0.90]                                    # 0.05 above 0.74 by noise: the line says
-    assert 0.05 < tasks.sigma_for_recall(sigmas, lucky, 0.74, 0.1)[0] < 0.06
+    assert 0.05 < tasks.sigma_for_recall(sigmas, lucky, 0.74)[0] < 0.06
 
 
 def test_sigma_tuning_fits_recall_over_two_draws():
@@ -90,6 +93,7 @@ def test_sigma_tuning_fits_recall_over_two_draws():
     assert record["sigma_tuning"][0.05] == pytest.approx(dict(fid=1.5, recall=0.7))
     assert record["recall_fit"] == dict(slope=4.0, intercept=0.5)
     assert tune(0.6)[1] == 0.03 and tune(0.95)[1] == 0.1 and tune(0.76, recall_margin=0.06)[1] == 0.05
+    assert tune(0.95, sigmas=[0.05, 0.12])[1] == 0.1075               # a grid above sigma_init: more noise than trained
     seen.clear()
     assert tune(0.9, gen_sigma=0.05)[:2] == (0.2, 0.05) and len(seen) == 2   # the temperatures only
 

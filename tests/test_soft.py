@@ -12,7 +12,7 @@ import torch
 import distill
 import soft_refine
 from checkpoints import load_checkpoint
-from config import runtime
+from config import PRESETS, UserError, runtime
 from soft_refine import Discriminator, mask_entries, relax, soft_embedding, soft_images
 from teacher import LFQBert, MaskTransformer
 from tokenizer import LFQTokenizer, VQGAN
@@ -327,6 +327,23 @@ def test_lr_decay_is_this_stages_own(init_run, cache, soft_run, tmp_path):
     lr = [r["lr"] for r in const]
     assert lr == pytest.approx([1e-4 * (s + 1) / 100 for s in range(4)])     # warm-up of the --init run's 100 steps
     assert [r["lr"] for r in soft_run[1]] == pytest.approx([v * (4 - s) / 4 for s, v in enumerate(lr)])
+
+
+def test_the_stage_trains_at_its_own_sigma(init_run, cache, soft_run, tmp_path):
+    """The toy stage trains the generator at input perturbation 0.06 (its preset), not the --init run's 0.1, and
+    tunes the inference sigma on a grid around it; --sigma-init sets another, and one of 1 or more is refused."""
+    dimo = [json.loads(line) for line in open(init_run / "log.jsonl")]
+    assert {r["sigma"] for r in dimo} == {0.1}
+    assert {r["sigma"] for r in soft_run[1]} == {PRESETS["maskbit-toy"]["soft"]["sigma_init"]} == {0.06}
+    m, config = (json.load(open(soft_run[0] / name)) for name in ("metrics.json", "config.json"))
+    assert m["sigma_init"] == config["sigma_init"] == 0.06
+    assert set(map(float, m["sigma_tuning"])) == {0.04, 0.05, 0.06, 0.07, 0.08} and 0.04 <= m["gen_sigma"] <= 0.08
+    init_grid = json.load(open(init_run / "config.json"))["tune_sigma"]
+    assert config["tune_sigma"] == PRESETS["maskbit-toy"]["soft"]["tune_sigma"] != init_grid
+    _, log = soft(init_run, cache, tmp_path / "s", "--sigma-init", "0.08", "--tune-sigma", "0.07")
+    assert {r["sigma"] for r in log} == {0.08}
+    with pytest.raises(UserError, match="--sigma-init = 1.5"):
+        soft(init_run, cache, tmp_path / "bad", "--sigma-init", "1.5")
 
 
 def test_bench_draws_scores_runs_on_the_same_draws(init_run, soft_run, cache, capsys):
