@@ -74,7 +74,7 @@ def sigma_for_recall(sigmas, recalls, floor):
         return top, {}
     slope, intercept = (float(v) for v in np.polyfit(np.asarray(sigmas, float), np.asarray(recalls, float), 1))
     fit = dict(slope=round(slope, 4), intercept=round(intercept, 4))
-    if intercept + slope * low >= floor:                                 # the whole range, if the line falls
+    if intercept + slope * low >= floor:                                 # already at the grid's smallest sigma
         return low, fit
     if slope <= 0 or intercept + slope * top < floor:
         return top, fit
@@ -188,10 +188,10 @@ class ImageTask:
     def tune_sampling(self, run, evaluator, labels, teacher_recall):
         """The inference settings, tuned on draws seed + 1 and seed + 2 (the report is on seed).  First the
         temperature, by FID at the training sigma on seed + 1 (as the paper tunes it).  Then the inference sigma
-        (ours, --tune-sigma): the input's Gaussian perturbation shrunk at inference, like a GAN's truncation trick,
-        buys precision and FID with recall, and FID alone would take it to recall far below the teacher's; so the
-        sigma where recall meets the teacher's (teacher_recall: its mean over the report and tuning draws) minus
-        --recall-margin (``sigma_for_recall``).
+        (ours, --tune-sigma, a grid that may lie on both sides of the training sigma): a smaller input perturbation,
+        like a GAN's truncation trick, buys precision and FID with recall, and FID alone would take it to recall far
+        below the teacher's; so the sigma where recall meets the teacher's (teacher_recall: its mean over the report
+        and tuning draws) minus --recall-margin (``sigma_for_recall``).
         -> (temperature, sigma, record for metrics.json)."""
         a = run.args
 
