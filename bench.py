@@ -15,9 +15,10 @@ Each prints JSON lines that the README and docs/ quote; none is a test (they tak
   (``toy_vocab.family_joint``: V 3-6, L 3-5, mixtures of 4-10 unequal modes or Markov chains, optional uniform
   floor); per joint the generator's TV, the one-step teacher's TV and the exact sampler's floor.
 * ``python bench.py draws --runs A,B,...``: finished image runs (distill.py or soft_refine.py), each EMA generator at
-  the temperature its run tuned, scored on the same fresh draws (seeds 10-17 by default, 2000 samples each): mean and
-  spread of FID, class consistency and recall, and each run's FID minus the first run's, paired draw by draw, with
-  its standard error.  One draw's FID moves by about 0.1 from draw to draw; a run's own metrics.json reports one.
+  the temperature and inference sigma its run tuned (or ``--sigma``), scored on the same fresh draws (seeds 10-17 by
+  default, 2000 samples each): mean and spread of FID, class consistency and recall (FID and recall per draw), and
+  each run's FID minus the first run's, paired draw by draw, with its standard error.  One draw's FID moves by about
+  0.1 from draw to draw, its recall by 0.02-0.05; a run's own metrics.json reports one.
   ``--teacher``: the teacher too (its preset's sampler, samples from the exact cache) and each run's ratio to it.
 * ``python bench.py full-size --presets maskbit-12bit,maskgit``: random weights of the full-size architectures,
   written in the released file layouts, loaded through ``--teacher-ckpt`` / ``--tokenizer-ckpt``; 2 distillation
@@ -306,6 +307,7 @@ def main_draws(argv):
                         "sampler) on the same draws, first, and each run's FID ratio to it")
     parser.add_argument("--cache", default="runs/cache", help="exact cache of the teacher's samples "
                         "(eval.reference_tokens, shared with eval.py teacher; '': none)")
+    parser.add_argument("--sigma", type=float, help="every run's inference sigma (default: the one each run tuned)")
     args = parser.parse_args(argv)
     check_range("--draws", args.draws, low=2)
     check_range("--n", args.n, low=10)
@@ -313,7 +315,7 @@ def main_draws(argv):
     for folder in folders:
         if not all(os.path.isfile(os.path.join(folder, f)) for f in ("checkpoint.pt", "metrics.json")):
             raise UserError(f"--runs {folder}: not a finished run (needs checkpoint.pt and metrics.json)")
-    loaded = [load_run(folder) for folder in folders]                    # (gen, tokenizer, settings, ckpt, T, preset)
+    loaded = [load_run(folder, sigma=args.sigma) for folder in folders]  # (gen, tokenizer, settings, ckpt, T, preset)
     scorers = {(preset, run.get("eval_data"), run.get("features")) for _, _, run, _, _, preset in loaded}
     if len(scorers) > 1:
         differ = "; ".join(sorted(map(str, scorers)))
@@ -328,9 +330,10 @@ def main_draws(argv):
 
     def summary(rows):
         scores = {k: np.array([r[k] for r in rows]) for k in ("fid", "class_acc", "recall")}
-        return scores["fid"], dict(n=args.n, draws=seeds, fid=[round(float(v), 4) for v in scores["fid"]],
+        return scores["fid"], dict(n=args.n, draws=seeds, **{k: [round(float(v), 4) for v in scores[k]]
+                                                              for k in ("fid", "recall")},
                                    **{f"{k}_mean": round(float(v.mean()), 4) for k, v in scores.items()},
-                                   fid_sd=round(float(scores["fid"].std(ddof=1)), 4))
+                                   **{f"{k}_sd": round(float(scores[k].std(ddof=1)), 4) for k in ("fid", "recall")})
     if args.teacher:                                                     # the same labels and seeds, multi-step
         run = loaded[0][2]
         teacher, tokenizer, _ = load_pair(run["teacher"], run["teacher_ckpt"], run["tokenizer_ckpt"], verbose=False)
@@ -349,7 +352,8 @@ def main_draws(argv):
                    fid_minus_first_se=round(float(diff.std(ddof=1) / np.sqrt(len(seeds))), 4))
         if teacher_fid is not None:
             row["ratio_to_teacher"] = round(float(fid.mean() / teacher_fid), 4)
-        print(json.dumps(dict(run=folder, step=ckpt["step"], temperature=temperature, **row)), flush=True)
+        print(json.dumps(dict(run=folder, step=ckpt["step"], temperature=temperature, sigma=run["gen_sigma"], **row)),
+              flush=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------

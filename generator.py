@@ -9,7 +9,7 @@ the generator entropy through its input:
    r_init may also be drawn per batch from a range (``--r-init 0.1:0.9``).
 2. Embedding perturbation, variance preserving: e_hat = sqrt(1 - sigma^2) e + sigma eps, eps ~ N(0, I), on the
    embeddings of the N image positions (not the class token), generator only (``perturb``).  sigma_init = 0.1
-   (MaskGIT), 0.3 (Meissonic); it may be warmed up linearly from 0.
+   (MaskGIT), 0.3 (Meissonic); 0.06 for the toy pair (ours, issue 26); it may be warmed up linearly from 0.
    Where e is, per teacher: MaskGIT: the ``tok_emb`` rows, exactly where Di[M]O adds it.  MaskBit (our choice,
    since MaskBit has no embedding table): the *projected* bit features e = input_proj(bits).  ``input_proj`` is
    MaskBit's embedding (frozen like ``tok_emb``), the transformer sees e, and noise there spans all D dimensions;

@@ -40,8 +40,9 @@ Discriminator (the paper gives its place, not its parts; what is ours is marked 
   softmax, right for the peaked students it describes; the toy student samples best at T = 0.2, and judging that
   is what works (docs/soft_dimo.md).
 * ``--sigma-init`` (ours): the generator's input perturbation while the stage trains.  The toy preset's 0.06 is near
-  where the refined generator is then sampled (the Di[M]O run trains at 0.1), so the GAN refines the images
-  inference makes; the inference sigma is then tuned on a grid around it (docs/soft_dimo.md, issue 26).
+  where the refined generator is then sampled (as the toy Di[M]O run's own 0.06 is; the paper's is 0.1), so the GAN
+  refines the images inference makes; the inference sigma is then tuned on a grid around it (docs/soft_dimo.md,
+  issue 26).
 
 Run:  python soft_refine.py                      (after python distill.py --teacher maskbit; minutes on a CPU)
       python soft_refine.py --w-dimo 0           (GAN only)      python soft_refine.py --relax gumbel-st

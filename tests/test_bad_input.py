@@ -116,6 +116,7 @@ CASES = [  # (id, argv with {d} for the fixture folder, a fragment the message m
     ("bench command", ["bench.py", "steps"], "usage: python bench.py"),
     ("draws no run", ["bench.py", "draws", "--runs", "{d}/dimo,{d}/no_run"], "no_run: not a finished run"),
     ("draws one draw", ["bench.py", "draws", "--runs", "{d}/dimo", "--draws", "1"], "--draws = 1"),
+    ("draws sigma 1", ["bench.py", "draws", "--runs", "{d}/dimo", "--sigma", "1"], "--sigma = 1.0"),
     ("sample steps 0", ["teacher.py", "sample", "--teacher", "maskbit-toy", "--steps", "0"], "--steps = 0"),
     ("sample label out of range", ["teacher.py", "sample", "--teacher", "maskbit-toy", "--labels", "3,12"],
      "outside [0, 9]"),

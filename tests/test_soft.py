@@ -251,7 +251,9 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def init_run(tmp_path_factory, cache):
     out = tmp_path_factory.mktemp("dimo")
-    distill.main(["--teacher", "maskbit", "--steps", "2", "--out", str(out), "--cache", cache, *FAST])
+    # at the paper's sigma 0.1 and another grid than the stage's, so that the stage's own show (its own sigma test)
+    distill.main(["--teacher", "maskbit", "--steps", "2", "--out", str(out), "--cache", cache, "--sigma-init", "0.1",
+                  "--tune-sigma", "0.09", *FAST])
     return out
 
 
@@ -337,7 +339,7 @@ def test_the_stage_trains_at_its_own_sigma(init_run, cache, soft_run, tmp_path):
     assert {r["sigma"] for r in soft_run[1]} == {PRESETS["maskbit-toy"]["soft"]["sigma_init"]} == {0.06}
     m, config = (json.load(open(soft_run[0] / name)) for name in ("metrics.json", "config.json"))
     assert m["sigma_init"] == config["sigma_init"] == 0.06
-    assert set(map(float, m["sigma_tuning"])) == {0.04, 0.05, 0.06, 0.07, 0.08} and 0.04 <= m["gen_sigma"] <= 0.08
+    assert set(map(float, m["sigma_tuning"])) == {0.04, 0.06, 0.08} and 0.04 <= m["gen_sigma"] <= 0.08
     init_grid = json.load(open(init_run / "config.json"))["tune_sigma"]
     assert config["tune_sigma"] == PRESETS["maskbit-toy"]["soft"]["tune_sigma"] != init_grid
     _, log = soft(init_run, cache, tmp_path / "s", "--sigma-init", "0.08", "--tune-sigma", "0.07")
@@ -358,8 +360,16 @@ def test_bench_draws_scores_runs_on_the_same_draws(init_run, soft_run, cache, ca
     assert teacher["fid"][0] == json.load(open(init_run / "metrics.json"))["fid_teacher"]
     assert all(r["ratio_to_teacher"] == pytest.approx(r["fid_mean"] / teacher["fid_mean"], abs=1e-3) for r in rows)
     assert [r["run"] for r in rows] == runs.split(",") and all(r["draws"] == [0, 1] for r in rows)
-    for folder, row in zip(runs.split(","), rows):
-        assert row["fid"][0] == json.load(open(os.path.join(folder, "metrics.json")))["fid_generator"]
+    for folder, row in zip(runs.split(","), rows):                       # draw 0 is the run's report draw
+        m = json.load(open(os.path.join(folder, "metrics.json")))
+        assert row["fid"][0] == m["fid_generator"] and row["recall"][0] == m["generator"]["recall"]
     assert rows[2]["fid"] == rows[0]["fid"] and rows[2]["fid_minus_first"] == 0
     assert rows[1]["fid_minus_first"] == pytest.approx(sum(b - a for a, b in zip(rows[0]["fid"], rows[1]["fid"]))
                                                            / 2, abs=1e-4)
+    own = json.load(open(init_run / "metrics.json"))["gen_sigma"]            # --sigma: every run at one sigma
+    assert rows[0]["sigma"] == own
+    for sigma in (own, 0.3):
+        bench.main(["draws", "--runs", str(init_run), "--first", "0", "--draws", "2", "--n", "20", "--sigma",
+                    str(sigma)])
+        row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert row["sigma"] == sigma and (row["fid"] == rows[0]["fid"]) == (sigma == own)
