@@ -129,8 +129,8 @@ PRESETS["maskbit-toy"] = dict(
     # generator samples best at 0.05-0.3, hence its own grid; the lr decays to 0 over the stage, like the Di[M]O
     # run's: scored on 8 fresh draws, a constant lr beat the start on 1 seed of 3, the decaying one on all 3 (FID
     # -0.12 to -0.17), and on 4 of 5 counting two more Di[M]O starts
-    # and the stage trains the generator at input perturbation 0.06, near where it is then sampled, not the Di[M]O
-    # run's 0.1 (issue 26: seed 1 at equal recall, FID 0.25 lower; much of it without the GAN too)
+    # and the stage trains the generator at input perturbation 0.06, near where it is then sampled, not the paper's
+    # 0.1 (issue 26: from a Di[M]O run at 0.1, seed 1 at equal recall, FID 0.25 lower; much of it without the GAN)
     soft=dict(steps=400, lr=1e-4, lr_aux=None, lr_d=1e-3, w_gan=10.0, weight_decay=0.0, d_warmup=300,
               soft_temperature=0.2, lr_decay=1.0, tune_temperature="0.1,0.2,0.3", sigma_init=0.06,
               tune_sigma="0.04,0.08"),

@@ -47,9 +47,9 @@ TOY_VOCAB_DEFAULTS = dict(steps=3000, batch_size=256, lr=3e-4, lr_aux=3e-3, norm
 
 
 # the draws the inference settings are tuned on, as offsets to the report's seed: the temperature on the first,
-# the sigma on all four: at the small sigmas tuned, one draw of 2000 moves the generator's recall by 0.02-0.03 (SD
-# over 10 draws, docs/soft_dimo.md), and two draws misjudged it by up to 0.05.  The teacher's recall floor reads the
-# report draw and the first two (its recall moves less; their samples ship for seed 0, the others are sampled)
+# the sigma on all four: at the small sigmas tuned, one draw of 2000 moves the generator's recall by 0.02-0.05 (SD
+# over draws 10-17, docs/soft_dimo.md), and two draws misjudged it by up to 0.05.  The teacher's recall floor reads
+# the report draw and the first two (its recall moves less, SD 0.016; their samples ship for seed 0)
 TUNING_DRAWS = (1, 2, 3, 4)
 FLOOR_DRAWS = TUNING_DRAWS[:2]
 
