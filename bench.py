@@ -330,10 +330,10 @@ def main_draws(argv):
 
     def summary(rows):
         scores = {k: np.array([r[k] for r in rows]) for k in ("fid", "class_acc", "recall")}
-        return scores["fid"], dict(n=args.n, draws=seeds, **{k: [round(float(v), 4) for v in scores[k]]
-                                                              for k in ("fid", "recall")},
-                                   **{f"{k}_mean": round(float(v.mean()), 4) for k, v in scores.items()},
-                                   **{f"{k}_sd": round(float(scores[k].std(ddof=1)), 4) for k in ("fid", "recall")})
+        per_draw = {k: [round(float(v), 4) for v in scores[k]] for k in ("fid", "recall")}
+        means = {f"{k}_mean": round(float(v.mean()), 4) for k, v in scores.items()}
+        spreads = {f"{k}_sd": round(float(scores[k].std(ddof=1)), 4) for k in ("fid", "recall")}
+        return scores["fid"], dict(n=args.n, draws=seeds, **per_draw, **means, **spreads)
     if args.teacher:                                                     # the same labels and seeds, multi-step
         run = loaded[0][2]
         teacher, tokenizer, _ = load_pair(run["teacher"], run["teacher_ckpt"], run["tokenizer_ckpt"], verbose=False)

@@ -258,9 +258,9 @@ class ImageTask:
         key = dict(common, **evaluator.info)
         # the sigma tuning's recall floor reads the teacher on the report draw and on FLOOR_DRAWS: one draw of 2000
         # moves its recall by up to 0.025 (0.8915 / 0.877 / 0.9025 on draws 0 / 1 / 2 of the toy teacher)
-        tuning_draws = {f"teacher_seed+{d}": (self.sampler, a.seed + d) for d in FLOOR_DRAWS} if tunes_sigma(a) else {}
+        floor_draws = {f"teacher_seed+{d}": (self.sampler, a.seed + d) for d in FLOOR_DRAWS} if tunes_sigma(a) else {}
         draws = {"teacher": (self.sampler, a.seed), "teacher_1step": (dict(self.sampler, steps=1), a.seed),
-                 **tuning_draws}
+                 **floor_draws}
         with run.rt.autocast(), clock("teacher samples"):               # exact cache: eval.reference_tokens
             refs = {name: reference_tokens(run.teacher, on_device, settings, seed, a.cache, run.rt.amp)
                     for name, (settings, seed) in draws.items()}
@@ -270,10 +270,10 @@ class ImageTask:
             t_m, t1_m = evaluator(teacher_multi, labels), evaluator(teacher_one, labels)
             teacher_multi, teacher_one = teacher_multi[first], teacher_one[first]
             teacher_recall = [t_m["recall"]] + [evaluator(decode(run.teacher, self.tokenizer, refs[name][0]),
-                                                          labels)["recall"] for name in tuning_draws]
+                                                          labels)["recall"] for name in floor_draws]
         with clock("temperature and sigma tuning"):
             temperature, sigma, tuning = self.tune_sampling(run, evaluator, labels, float(np.mean(teacher_recall)))
-        if tuning_draws:
+        if floor_draws:
             tuning["teacher_recall_draws"] = teacher_recall
         with clock("generator samples"):
             images = self.one_step_images(run, labels, temperature, a.seed, sigma=sigma)

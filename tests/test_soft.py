@@ -251,7 +251,7 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def init_run(tmp_path_factory, cache):
     out = tmp_path_factory.mktemp("dimo")
-    # at the paper's sigma 0.1 and another grid than the stage's, so that the stage's own show (its own sigma test)
+    # at the paper's sigma 0.1 and another grid than the stage's, so that the stage's own sigma and grid show
     distill.main(["--teacher", "maskbit", "--steps", "2", "--out", str(out), "--cache", cache, "--sigma-init", "0.1",
                   "--tune-sigma", "0.09", *FAST])
     return out
