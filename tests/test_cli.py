@@ -40,6 +40,10 @@ def test_default_image_distillation_outputs(image_run):
     grid = {toy["sigma_init"], *map(float, toy["tune_sigma"].split(","))}                   # the preset's + sigma_init
     assert set(map(float, m["sigma_tuning"])) == grid and min(grid) <= m["gen_sigma"] <= max(grid)
     assert m["teacher_recall_draws"][0] == m["teacher"]["recall"] and len(m["teacher_recall_draws"]) == 3
+    config = json.load(open(image_run / "config.json"))
+    for key in ("train_temperature", "sigma_init"):                     # the toy's (issue 26), not the paper's 1, 0.1
+        assert config[key] == toy[key] != {"train_temperature": 1.0, "sigma_init": 0.1}[key], key
+        assert config["defaults_used"][key] == "preset maskbit-toy", key
     assert m["recall_floor"] == pytest.approx(np.mean(m["teacher_recall_draws"]) - 0.02, abs=1e-4)
     sigmas = sorted(grid)
     assert m["gen_sigma"] == tasks.sigma_for_recall(sigmas, [m["sigma_tuning"][str(s)]["recall"] for s in sigmas],
