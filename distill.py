@@ -32,8 +32,8 @@ softmax(z / tau), and the surrogate is taken on z / tau, so that it is softmax(z
 teacher; dL/dz = g / tau.  It only rescales the generator's output layer (z / tau are its logits), which starts it
 from the teacher sharpened to temperature tau.  Sampled at temperature T, the generator then draws from the matched
 distribution at temperature T / tau: the toy default tau = 0.2 puts the toy's inference temperatures 0.1-0.2 at
-0.5-1, where tau = 0.5 put them at 0.2-0.4 (more recall at the same FID, docs/soft_dimo.md); the released presets
-keep 1.
+0.5-1, where tau = 0.5 put them at 0.2-0.4 (more recall; at the same FID on one seed of three,
+docs/soft_dimo.md); the released presets keep 1.
 
 Normalisation of the sum over masked entries: 'mean' (the paper, Eq. 5: 1/L_M per sample, then the batch mean)
 or 'sum' (the released code: sum over masked entries divided by the batch size, so the step grows with L_M).
