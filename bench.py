@@ -20,10 +20,8 @@ Each prints JSON lines that the README and docs/ quote; none is a test (they tak
   each run's FID minus the first run's, paired draw by draw, with its standard error.  One draw's FID moves by about
   0.1 from draw to draw, its recall by 0.02-0.05; a run's own metrics.json reports one.
   ``--teacher``: the teacher too (its preset's sampler, samples from the exact cache) and each run's ratio to it.
-* ``python bench.py full-size --presets maskbit-12bit,maskgit``: random weights of the full-size architectures,
-  written in the released file layouts, loaded through ``--teacher-ckpt`` / ``--tokenizer-ckpt``; 2 distillation
-  steps per batch size (fp32, then ``--amp --ema-cpu``) and one 16-step teacher sample of 2 images, each in a fresh
-  process whose own peak RSS is reported, next to ``eval.py memory``'s computed table.
+* ``python bench.py full-size --presets maskbit-12bit,maskgit,meissonic``: the full-size architectures on random
+  weights (full_size.py says what each measures).
 
 Wall-clock figures depend on the machine: print ``python eval.py speed --teacher maskbit`` beside them.
 """
@@ -38,9 +36,10 @@ import torch
 import torch.nn.functional as F
 
 import distill
+import full_size
 from config import PRESETS, ArgumentParser, UserError, check_range, cli, get_preset
 from data import load_images
-from eval import (EVAL_BATCH, FEATURES_LR, FeatureNet, augment, decode, fit_classifier, memory_table, reference_tokens,
+from eval import (EVAL_BATCH, FEATURES_LR, FeatureNet, augment, decode, fit_classifier, reference_tokens,
                   train_features_parser)
 from generator import draw_r_init, generate, load_run, one_step_images, token_init
 from masking import guided_logits, random_mask
@@ -308,6 +307,8 @@ def main_draws(argv):
     parser.add_argument("--cache", default="runs/cache", help="exact cache of the teacher's samples "
                         "(eval.reference_tokens, shared with eval.py teacher; '': none)")
     parser.add_argument("--sigma", type=float, help="every run's inference sigma (default: the one each run tuned)")
+    parser.add_argument("--like-first", action="store_true", help="every run at the first run's inference "
+                        "temperature and sigma (a stage against its start at the start's settings)")
     args = parser.parse_args(argv)
     check_range("--draws", args.draws, low=2)
     check_range("--n", args.n, low=10)
@@ -316,6 +317,10 @@ def main_draws(argv):
         if not all(os.path.isfile(os.path.join(folder, f)) for f in ("checkpoint.pt", "metrics.json")):
             raise UserError(f"--runs {folder}: not a finished run (needs checkpoint.pt and metrics.json)")
     loaded = [load_run(folder, sigma=args.sigma) for folder in folders]  # (gen, tokenizer, settings, ckpt, T, preset)
+    if args.like_first:
+        first_run = loaded[0]
+        loaded = [first_run] + [load_run(f, temperature=first_run[4], sigma=first_run[2]["gen_sigma"])
+                                for f in folders[1:]]
     scorers = {(preset, run.get("eval_data"), run.get("features")) for _, _, run, _, _, preset in loaded}
     if len(scorers) > 1:
         differ = "; ".join(sorted(map(str, scorers)))
@@ -356,96 +361,10 @@ def main_draws(argv):
               flush=True)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# full-size: the released architectures, measured.
-# ----------------------------------------------------------------------------------------------------------------
-# A child's own peak RSS (KiB on Linux), printed as its last stderr line whatever way the script ends.
-PEAK_RSS = ("import resource, runpy, sys\nsys.argv = sys.argv[1:]\ntry:\n    runpy.run_path(sys.argv[0], "
-            "run_name='__main__')\nfinally:\n    print('peak_rss_kib', resource.getrusage(resource.RUSAGE_SELF)"
-            ".ru_maxrss, file=sys.stderr)")
-
-
-def released_files(preset, folder, seed=0):
-    """Random weights of a preset's full-size architecture, written in the released file layouts that
-    --teacher-ckpt / --tokenizer-ckpt read: MaskBit ``.bin`` state dicts (the generator with its old ``token_emb``
-    names), MaskGIT ``.pth`` (``model_state_dict`` + training fields), taming ``last.ckpt`` (Lightning
-    ``state_dict`` with ``loss.*`` entries).  -> (teacher path, tokenizer path)."""
-    p = get_preset(preset)
-    torch.manual_seed(seed)
-    teacher = build_teacher(p["family"], p["generator"]).state_dict()
-    tokenizer = build_tokenizer(p["family"], p["tokenizer"]).state_dict()
-    os.makedirs(folder, exist_ok=True)
-    if p["family"] == "maskbit":
-        teacher = {("token_emb." + k[len("input_proj."):] if k.startswith("input_proj.") else k): v
-                   for k, v in teacher.items()}
-        paths = os.path.join(folder, "pytorch_model_generator.bin"), os.path.join(folder, "pytorch_model_tokenizer.bin")
-        torch.save(teacher, paths[0])
-        torch.save(tokenizer, paths[1])
-    else:
-        paths = os.path.join(folder, "MaskGIT_ImageNet_256.pth"), os.path.join(folder, "last.ckpt")
-        torch.save(dict(model_state_dict=teacher, iter=0, global_epoch=0), paths[0])
-        torch.save(dict(state_dict=dict(tokenizer, **{"loss.logvar": torch.zeros(())}), epoch=0), paths[1])
-    return paths
-
-
-def run_measured(cmd):
-    """Run a script in a fresh child -> (wall seconds, its own peak RSS in MiB)."""
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", PEAK_RSS] + cmd, cwd=HERE, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise UserError(f"{' '.join(cmd[:3])} ... failed: {proc.stderr.strip().splitlines()[-2:]}")
-    return wall, int(proc.stderr.split("peak_rss_kib")[-1].split()[0]) / 1024
-
-
-def full_size(preset, batches, folder):
-    """2 distillation steps at each batch, fp32 and with --amp --ema-cpu, plus one 16-step teacher sample of 2
-    images, all through the normal command lines on the released layouts -> one JSON row each."""
-    teacher_path, tokenizer_path = released_files(preset, folder)
-    pair = ["--teacher", preset, "--teacher-ckpt", teacher_path, "--tokenizer-ckpt", tokenizer_path]
-    for extra in ([], ["--amp", "--ema-cpu"]):
-        for batch in batches:
-            out = os.path.join(folder, f"distill_b{batch}{'_amp' if extra else ''}")
-            seconds, peak = run_measured(["distill.py", *pair, "--steps", "2", "--batch-size", str(batch),
-                                          "--log-every", "1", "--grid-every", "0", "--eval-n", "2",
-                                          "--tune-temperature", "", "--device", "cpu", "--out", out, *extra])
-            with open(os.path.join(out, "log.jsonl")) as f:
-                log = [json.loads(line) for line in f]
-            os.remove(os.path.join(out, "checkpoint.pt"))              # 5-9 GB each at full size
-            print(json.dumps(dict(preset=preset, run="distill", batch_size=batch, flags=" ".join(extra),
-                                  first_step_s=log[0]["seconds"], second_step_s=round(log[1]["seconds"] -
-                                  log[0]["seconds"], 1), wall_s=round(seconds, 1), peak_rss_mib=round(peak))),
-                  flush=True)
-    seconds, peak = run_measured(["teacher.py", "sample", "--teacher", preset, "--ckpt", teacher_path,
-                                  "--tokenizer-ckpt", tokenizer_path, "--n", "2", "--steps", "16", "--out",
-                                  os.path.join(folder, "teacher.png")])
-    print(json.dumps(dict(preset=preset, run="teacher sample, 2 images, 16 steps", wall_s=round(seconds, 1),
-                          peak_rss_mib=round(peak))), flush=True)
-
-
-def main_full_size(argv):
-    parser = ArgumentParser(prog="bench.py full-size", description="full-size architectures on random weights")
-    parser.add_argument("--presets", default="maskbit-12bit,maskgit", help="released presets, comma separated")
-    parser.add_argument("--batches", default="1,2", help="distillation batch sizes to measure")
-    parser.add_argument("--folder", default="/tmp/dimo-full-size", help="where files and runs go (~15 GB)")
-    args = parser.parse_args(argv)
-    presets = args.presets.split(",")
-    for name in presets:
-        if "bundled" in get_preset(name):
-            raise UserError(f"--presets {name}: a bundled toy preset; name released ones (maskbit-12bit,maskgit)")
-    try:
-        batches = [check_range("--batches", int(b), low=1) for b in args.batches.split(",")]
-    except ValueError:
-        raise UserError(f"--batches '{args.batches}' must be comma-separated integers, e.g. 1,2") from None
-    for name in presets:
-        print(json.dumps(memory_table(name)), flush=True)
-        full_size(name, batches, os.path.join(args.folder, name))
-
-
 def main(argv):
     """python bench.py {step,toy-world,sweep,draws,full-size} ..."""
     commands = {"step": main_step, "toy-world": main_toy_world, "sweep": main_sweep, "draws": main_draws,
-                "full-size": main_full_size}
+                "full-size": full_size.main}
     if not argv or argv[0] not in commands:
         raise UserError(f"usage: python bench.py {{{','.join(commands)}}} [--help]")
     commands[argv[0]](argv[1:])

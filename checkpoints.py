@@ -22,10 +22,17 @@
   real images, the teacher's reference samples): a changed weight, setting or datum gives another key.
 * ``cached(folders, name, key, what)``: the first ``folder/name`` that exists, checked to hold ``key`` (a file
   under the right name but another key is refused, never used); the writers store ``key`` in the file.
+* ``load_folder(folder, what, build)``: a released diffusers / transformers subfolder (``config.json`` and
+  ``*.safetensors``, sharded or not, or ``*.bin``), strictly, as the text-to-image families ship.  ``.safetensors``
+  is read here with the standard library: an 8-byte header length, a JSON header of names, dtypes, shapes and
+  byte offsets, then raw little-endian tensors; nothing in it can run code.
 
 Run ``python checkpoints.py PATH`` to see what a checkpoint file holds.
 """
 import hashlib
+import json
+import math
+import mmap
 import os
 import pickle
 import re
@@ -137,7 +144,7 @@ def convert_state_dict(raw, kind, family, path):
     return sd, note
 
 
-def check_fit(model, sd, path, preset):
+def check_fit(model, sd, path, preset, hint=None):
     """Raise one UserError line unless sd fits model exactly (same keys, same shapes)."""
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
@@ -149,7 +156,7 @@ def check_fit(model, sd, path, preset):
                  for name, v in (("missing", missing), ("unexpected", unexpected),
                                  ("shape mismatch (file vs preset)", shapes)) if v]
         raise UserError(f"'{path}' does not fit preset '{preset}' ({'; '.join(parts)}); "
-                        f"pass the --teacher preset this file belongs to")
+                        f"{hint or 'pass the --teacher preset this file belongs to'}")
 
 
 def load_model(kind, preset, path, build, verbose=False):
@@ -172,6 +179,115 @@ def load_model(kind, preset, path, build, verbose=False):
     if verbose:
         print(f"loaded {kind} '{path}' into preset '{preset}' ({note})")
     return model.eval(), raw if isinstance(raw, dict) else {}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Released folders of the text-to-image families: config.json + .safetensors (or .bin).
+# ----------------------------------------------------------------------------------------------------------------
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                      "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def read_safetensors(path):
+    """A ``.safetensors`` file -> {name: tensor}; a truncated or malformed file is one UserError line."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or 8 + n > size:
+            raise UserError(f"'{path}' is truncated or not a .safetensors file (header of {n} bytes in a file of "
+                            f"{size})")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            raise UserError(f"'{path}' is corrupted: its .safetensors header is not JSON") from None
+        data_size = size - 8 - n
+        buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if data_size else b""
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = SAFETENSORS_DTYPES.get(info.get("dtype"))
+        begin, end = info["data_offsets"]
+        numel = math.prod(info["shape"])
+        if dtype is None:
+            raise UserError(f"'{path}': tensor '{name}' has dtype {info.get('dtype')}, which this reader does not "
+                            f"know (supported: {sorted(SAFETENSORS_DTYPES)})")
+        if end > data_size or end - begin != numel * dtype.itemsize:
+            raise UserError(f"'{path}' is truncated or corrupted: tensor '{name}' needs bytes {begin}-{end} of "
+                            f"{data_size}; download the file again")
+        flat = torch.frombuffer(buffer, dtype=dtype, count=numel, offset=8 + n + begin) if numel else \
+            torch.empty(0, dtype=dtype)
+        out[name] = flat.reshape(info["shape"]).clone()             # own memory: the map is closed below
+    if data_size:
+        buffer.close()
+    return out
+
+
+def write_safetensors(tensors, path):
+    """{name: tensor} -> a ``.safetensors`` file, atomically (for the toy worlds and the tests)."""
+    codes = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+    header, offset, blobs = {}, 0, []
+    for name, t in tensors.items():
+        blob = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        header[name] = dict(dtype=codes[t.dtype], shape=list(t.shape), data_offsets=[offset, offset + len(blob)])
+        offset += len(blob)
+        blobs.append(blob)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)                                 # the format aligns the data to 8 bytes
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
+    with os.fdopen(fd, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text + b"".join(blobs))
+    os.replace(tmp, path)
+
+
+def read_state_dict(folder, what):
+    """The weights of a released subfolder: every ``*.safetensors`` in it (a sharded model is several), else the
+    one ``*.bin``; the ``.bin`` through ``load_checkpoint`` (weights only)."""
+    if not os.path.isdir(folder):
+        raise UserError(f"{what} folder '{folder}' does not exist (pass the released folder, e.g. .../transformer)")
+    names = sorted(os.listdir(folder))
+    shards = [n for n in names if n.endswith(".safetensors")]
+    bins = [n for n in names if n.endswith(".bin")]
+    if shards:
+        state = {}
+        for n in shards:
+            state.update(read_safetensors(os.path.join(folder, n)))
+        return state
+    if len(bins) == 1:
+        raw = load_checkpoint(os.path.join(folder, bins[0]), f"{what} weights")
+        if not is_tensor_dict(raw):
+            raise UserError(f"'{os.path.join(folder, bins[0])}' holds no plain state dict")
+        return raw
+    raise UserError(f"{what} folder '{folder}' has no weights (*.safetensors, or one *.bin); found {names[:6]}")
+
+
+def read_config(folder, what):
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        raise UserError(f"{what} folder '{folder}' has no config.json (a released subfolder holds config.json and "
+                        f"its weights)")
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except ValueError:
+            raise UserError(f"'{path}' is not valid JSON") from None
+
+
+def load_folder(folder, what, build, fix=None):
+    """``build(config dict)`` -> module, then the folder's weights loaded with ``strict=True``; ``fix(state)`` drops
+    buffers that a library version saved but that hold no weight.  -> (module in eval mode, config)."""
+    config = read_config(folder, what)
+    model = build(config)
+    state = read_state_dict(folder, what)
+    if fix is not None:
+        state = fix(state)
+    check_fit(model, state, folder, what, hint="its config.json does not describe these weights")
+    model.load_state_dict(state, strict=True)
+    return model.eval(), config
 
 
 if __name__ == "__main__":

@@ -143,6 +143,40 @@ PRESETS["maskbit-toy"] = dict(
 )
 PRESETS["maskbit"] = PRESETS["maskbit-12bit"]  # the default released pair (docs/released.md: which MaskBit and why)
 
+# Meissonic (MeissonFlow/Meissonic; facts: tests/golden/SPEC_meissonic.md).  Architecture: the official from-scratch
+# constructor (its train/train_meissonic.py), 1,006,946,304 parameters; VQ: the aMUSEd config, inferred (the hub's
+# vqvae/config.json was not readable here; a released folder's own config.json is what loads).  Text: OpenCLIP
+# ViT-H/14's text tower (open_clip's ViT-H-14.json).  Sampler: the pipeline's defaults (48 steps, CFG 9, Gumbel
+# temperature linspace(2, 0, steps), cosine schedule, micro-conditions (width, height, 0, 0, 6) at 1024 px,
+# timestep = the step counter N-1-i) with inference.py's negative prompt as the unconditional branch (the
+# pipeline's own default is the empty string; inference.py also uses 64 steps).
+# Distillation: Di[M]O's configs/DIMO_Meissonic.yaml and launch script (r_init 0.5, sigma_init 0.3 on the embedding
+# output, teacher CFG 4 with the negative prompt, FKL, Adam lr 1e-6 for both, 20k steps, batch 2 x 8 accumulation
+# per GPU, label smoothing 0.1, timestep 0 for every network).
+MEISSONIC_NEGATIVE = ("worst quality, low quality, low res, blurry, distortion, watermark, logo, signature, text, "
+                      "jpeg artifacts, signature, sketch, duplicate, ugly, identifying mark")
+PRESETS["meissonic"] = dict(
+    family="meissonic",
+    generator=dict(num_layers=14, num_single_layers=28, attention_head_dim=128, num_attention_heads=8,
+                   joint_attention_dim=1024, pooled_projection_dim=1024, axes_dims_rope=[16, 56, 56],
+                   vocab_size=8256, codebook_size=8192, downsample=True, upsample=True),
+    tokenizer=dict(block_out_channels=[128, 256, 256, 512, 768], down_block_types=["DownEncoderBlock2D"] * 5,
+                   up_block_types=["UpDecoderBlock2D"] * 5, layers_per_block=2, latent_channels=64,
+                   num_vq_embeddings=8192, norm_num_groups=32, mid_block_add_attention=False,
+                   lookup_from_codebook=True),
+    text_encoder=dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                      num_attention_heads=16, projection_dim=1024, max_position_embeddings=77, hidden_act="gelu",
+                      layer_norm_eps=1e-5),
+    sampler=dict(steps=48, schedule="cosine", temperature=1.0, randomize_temperature=2.0, remask="confidence",
+                 guidance=9.0, guidance_anneal="none", scale_pow=1.0, step_counts="maskbit", noise_anneal="halton"),
+    prompt=dict(negative_prompt=MEISSONIC_NEGATIVE, resolution=1024, aesthetic=6.0, timestep="counter"),
+    distill=dict(steps=20000, batch_size=16, lr=1e-6, lr_aux=1e-6, normalisation="sum", label_smoothing=0.1,
+                 r_init=0.5, sigma_init=0.3, teacher_cfg=4.0, gen_temperature=1.0, aux_updates=1, lr_decay=0.0,
+                 negative_prompt=MEISSONIC_NEGATIVE, timestep="zero"),
+    released=dict(generator="MeissonFlow/Meissonic (the whole folder: transformer/, vqvae/, text_encoder/, "
+                            "tokenizer/)", tokenizer="(inside the same folder: vqvae/)"),
+)
+
 
 def get_preset(name):
     if name not in PRESETS:
@@ -163,7 +197,7 @@ def runtime(device="auto", amp=False, compile=False):
     """Pick the device and say how the hot path runs.  Trainable weights always stay float32.
 
     amp: bf16 autocast.  On CUDA that is the paper's mixed precision.  On CPU only when asked for: it pays on CPUs
-    with bf16 matrix units (AMX; there the attention core stays float32, teacher.SelfAttention says why) and is
+    with bf16 matrix units (AMX; there the attention core stays float32, bert.SelfAttention says why) and is
     several times slower where bf16 is emulated (AVX2-only CPUs); docs/speed.md.
     """
     if device == "auto":
@@ -228,5 +262,7 @@ def parse_labels(text, n, nclass):
 if __name__ == "__main__":
     for name, p in PRESETS.items():
         g = p["generator"]
-        print(f"{name:14s} {p['family']:8s} D={g['hidden_dim']} depth={g['depth']} V={g['codebook_size']} "
+        size = f"D={g['hidden_dim']} depth={g['depth']}" if "hidden_dim" in g else \
+            f"D={g['num_attention_heads'] * g['attention_head_dim']} depth={g['num_layers']}+{g['num_single_layers']}"
+        print(f"{name:14s} {p['family']:9s} {size} V={g['codebook_size']} "
               f"sampler={p['sampler']}\n{'':14s} distill={p['distill']}")

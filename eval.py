@@ -419,8 +419,8 @@ def main_memory(argv):
     parser = ArgumentParser(prog="eval.py memory", description="memory of distillation per preset")
     parser.add_argument("--measure", action="store_true", help="also run short toy distillations and measure RSS")
     args = parser.parse_args(argv)
-    for name in [n for n in PRESETS if n != "maskbit"]:
-        print(json.dumps(memory_table(name)))
+    for name in [n for n in PRESETS if n != "maskbit" and PRESETS[n]["family"] in ("maskbit", "maskgit")]:
+        print(json.dumps(memory_table(name)))   # text-to-image: python bench.py full-size --presets meissonic
     if args.measure:
         here = os.path.dirname(os.path.abspath(__file__))
         base = [sys.executable, "-c", "import torch, distill"]

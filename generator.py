@@ -40,7 +40,8 @@ import ddp
 from checkpoints import load_checkpoint
 from config import ArgumentParser, UserError, check_range, parse_labels, runtime
 from data import save_image_grid
-from teacher import LFQBert, load_pair, tokens_to_images
+from maskbit import LFQBert
+from teacher import load_pair, tokens_to_images
 
 
 def token_init(model, batch, r_init, generator=None, device="cpu"):

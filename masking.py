@@ -66,13 +66,22 @@ def cfg(z_cond, z_uncond, w):
     return z_uncond + w * (z_cond - z_uncond)
 
 
+def twice(c):
+    """[c; c] on the batch axis: class labels [B], or a condition tuple (text: its tensor fields)."""
+    if torch.is_tensor(c):
+        return torch.cat([c, c])
+    return type(c)(*(torch.cat([x, x]) if torch.is_tensor(x) else x for x in c))
+
+
 def guided_logits(model, tokens, labels, w):
-    """Logits [B, N, S, V] of tokens [B, N, S] under guidance w: one batched pass with cond and null labels."""
+    """Logits [B, N, S, V] of tokens [B, N, S] under guidance w: one batched pass with the condition and its
+    unconditional branch (the null class; for text, the negative prompt).  ``labels``: class ids [B] or a
+    condition tuple (meissonic.TextCondition)."""
     if w == 1:
         return model.logits(tokens, labels)
     b = tokens.shape[0]
-    drop = torch.arange(2 * b, device=tokens.device) >= b              # first half cond, second half null class
-    z_cond, z_uncond = model.logits(torch.cat([tokens, tokens]), torch.cat([labels, labels]), drop).chunk(2)
+    drop = torch.arange(2 * b, device=tokens.device) >= b              # first half cond, second half uncond
+    z_cond, z_uncond = model.logits(torch.cat([tokens, tokens]), twice(labels), drop).chunk(2)
     return cfg(z_cond, z_uncond, w)
 
 

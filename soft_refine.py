@@ -7,7 +7,7 @@ computed from e~ (a discriminator's verdict, a reward on the decoded image) reac
 peaked p it is close to the sampled token's embedding (the bias is O(covariance of E under p)).  Two tables:
 
 * Emb_phi(z), the teacher's input embedding: MaskBit has no table; a token is its bits in {-1, +1} and the input
-  layer is linear, so E_p[bits] (``teacher.LFQBert.soft_features``) is exactly the expected input (our derivation
+  layer is linear, so E_p[bits] (``maskbit.LFQBert.soft_features``) is exactly the expected input (our derivation
   from MaskBit's code; the paper's full text was not available).  MaskGIT: the expected ``tok_emb`` row over all
   K + 1 classes of its head, mask class included: a sampled mask id is fed to the teacher as the mask token on the
   hard path too, so the soft path stays its expectation, and mass on the mask class is visible to the discriminator

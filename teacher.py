@@ -1,291 +1,128 @@
-"""Masked-diffusion teachers: MaskBit's bit-token transformer (LFQBert) and MaskGIT's MaskTransformer.
+"""Masked-diffusion teachers behind one interface, and the multi-step sampler every family goes through.
 
-Both load the released checkpoints with ``strict=True`` and compute the same logits as the official classes
-(``tests/golden/SPEC.md`` sections 1 and 3).  Both also offer one uniform interface, which is all that the
-generator, the distillation loop and the evaluation use:
+The architectures live one file each, below this one: MaskBit's LFQBert (maskbit.py), MaskGIT's MaskTransformer
+(maskgit.py), both over bert.py's blocks; Meissonic's text-conditional transformer (meissonic.py) with its VQ model
+(vq_model.py) and CLIP text side (text_encoder.py).  All load the released checkpoints with ``strict=True`` and
+compute the official outputs (``tests/golden/SPEC*.md``).  What the generator, the distillation loop and the
+evaluation use is one uniform interface:
 
     tokens [B, N, S] --features--> x [B, N, F] --input_embed--> e [B, N, D] --forward_embeddings--> logits [B, N, S, V]
+    model.logits(tokens, cond, drop) -> logits [B, N, S, V]
 
-* MaskBit: a token is S per-split ids, each in [0, V) or the mask id V; ``features`` are its bits in {-1, +1}
-  (0 for a masked split, LSB first, split-major), ``input_embed`` is the linear ``input_proj``.  Logits are per
-  split: V = 2^(bits/S) classes each, no mask class.
-* MaskGIT: S = 1; ``features`` are rows of the shared ``tok_emb`` table and ``input_embed`` is the identity.  The
-  head is tied to ``tok_emb`` and keeps the mask class, so V = K + 1 (as in Di[M]O, where sampling, the divergence
-  and the auxiliary loss all run over 1025 classes; a sampled mask id decodes as code K-1).
+where ``cond`` is class ids [B] (``drop`` replaces them by the null class) or, for text, a
+``meissonic.TextCondition`` (``drop`` selects the negative prompt: the unconditional branch of CFG).
+``drop_label=None`` means that nothing is dropped, for every family.  (Trap in the official MaskBit code: there
+``None`` replaces every label by the null class, and writes it into the caller's tensor.  Not here.)
 
-``model(tokens, labels, drop_label)`` keeps each official forward's token layout; ``drop_label=None`` means that
-no label is dropped for *both* models.  (Trap in the official MaskBit code: there ``None`` replaces every label by
-the null class, and the null label is written into the caller's tensor.  Here nothing is ever written in place.)
-
-Also here, canonical for the whole project: the multi-step sampler (``sample``; MaskBit's and Halton-MaskGIT
-v1.0's, which differ in their step counts and noise annealing) and building a teacher/tokenizer pair from a preset
-and files (``load_pair``).  The mask schedule and CFG it uses live one floor down, in masking.py.
+Here, canonical for the whole project: the multi-step sampler (``sample``: MaskBit's, Halton-MaskGIT v1.0's and
+Meissonic's schedulers, which differ in their step counts, noise annealing and timestep), building a teacher and
+its tokenizer from a preset and files (``load_pair``; ``load_meissonic`` for a released text-to-image folder) and a
+batch of prompts as a condition (``prompt_condition``).  The mask schedule and CFG live one floor down, in
+masking.py.
 
 Shapes: B batch, N tokens (h*w), S splits, V classes per split, D width, F input-feature width.
 
 Run: ``python teacher.py sample --teacher maskbit --steps 64 --out grid.png`` (add ``--ckpt G.bin
---tokenizer-ckpt T.bin`` for a released pair); ``python train.py teacher --data toy --tokenizer T.pt --out G.pt``.
+--tokenizer-ckpt T.bin`` for a released pair); ``python teacher.py sample --teacher meissonic --teacher-ckpt DIR
+--prompt "two red circles left of a blue square"`` (DIR: the released MeissonFlow/Meissonic folder).
 """
 import json
-import math
 import os
 
 import torch
-import torch.nn as nn
 
-from checkpoints import load_model
+from checkpoints import load_folder, load_model
 from config import (PRESETS, ArgumentParser, UserError, check_range, get_preset, maskbit_scale_to_w, parse_labels,
                     runtime)
 from data import save_image_grid
 from masking import SCHEDULES, STEP_COUNTS, guidance_at, guided_logits, halton_counts, maskbit_masked_after
-from tokenizer import build_tokenizer, combine_tokens, expected_bits, index_to_bits, split_tokens
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Transformer blocks (key names follow the official modules).
-# ----------------------------------------------------------------------------------------------------------------
-class SelfAttention(nn.Module):
-    """``nn.MultiheadAttention`` (packed in_proj, bias, batch_first, no mask) with an optional LayerNorm beside it.
-    MaskBit's BertAttention also drops out the attention output (``output_dropout``; no weights, so no key); MaskGIT's
-    Attention does not.  Only train mode sees the difference (a generator copied from a released teacher)."""
-
-    def __init__(self, dim, heads, dropout, norm_eps=None, output_dropout=0.0):
-        super().__init__()
-        self.mha = nn.MultiheadAttention(dim, heads, dropout=dropout, bias=True, batch_first=True)
-        self.dropout = nn.Dropout(output_dropout)
-        if norm_eps is not None:
-            self.norm = nn.LayerNorm(dim, eps=norm_eps)
-
-    def forward(self, x):
-        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            return self.dropout(self.explicit_attention(x, seq_first=False))
-        if x.device.type == "cpu" and self.training:
-            return self.dropout(self.explicit_attention(x, seq_first=True))
-        return self.dropout(self.mha(x, x, x, need_weights=False)[0])  # eval: its fastpath, as the caches were made
-
-    def explicit_attention(self, x, seq_first):
-        """nn.MultiheadAttention's computation, written out, [B, N, D] -> [B, N, D].  seq_first keeps its [N, B, D] row
-        order: then it equals nn.MultiheadAttention bit for bit, forward and backward, minus one copy of the packed
-        projection (a float32 training step 1.1x faster on CPU).  Under CPU autocast the projections run in bf16 and
-        the core (SDPA) in float32: the CPU's bf16 flash-attention backward took 5x the float32 one's time
-        (docs/speed.md); that path keeps the [B, N, D] order its --amp runs were measured with."""
-        m, (b, n) = self.mha, x.shape[:2]
-        qkv = nn.functional.linear(x.transpose(0, 1) if seq_first else x, m.in_proj_weight, m.in_proj_bias)
-        order = (1, 2, 0, 3) if seq_first else (0, 2, 1, 3)              # [N|B, B|N, H, D/H] -> [B, H, N, D/H]
-        q, k, v = (t.unflatten(-1, (m.num_heads, -1)).permute(order).float() for t in qkv.chunk(3, dim=-1))
-        with torch.autocast("cpu", enabled=False):
-            o = nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=m.dropout if self.training else 0.0)
-        if seq_first:
-            return m.out_proj(o.permute(2, 0, 1, 3).reshape(n, b, -1)).transpose(0, 1)   # -> [N, B, D] -> [B, N, D]
-        return m.out_proj(o.transpose(1, 2).flatten(2))                  # [B, H, N, D/H] -> [B, N, D]
-
-
-class FeedForward(nn.Module):
-    """Linear -> exact GELU -> Linear.  MaskBit: net = [Linear, GELU, Linear, Dropout];
-    MaskGIT: net = [Linear, GELU, Dropout, Linear, Dropout] (hence the different key numbers)."""
-
-    def __init__(self, dim, mlp_dim, dropout, norm_eps=None, maskgit_layout=False):
-        super().__init__()
-        inner = [nn.Dropout(dropout)] if maskgit_layout else []
-        self.net = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), *inner, nn.Linear(mlp_dim, dim),
-                                 nn.Dropout(dropout))
-        if norm_eps is not None:
-            self.norm = nn.LayerNorm(dim, eps=norm_eps)
-
-    def forward(self, x):
-        return self.net(x)
-
-
-class PreNorm(nn.Module):
-    """MaskGIT's pre-norm wrapper: x + fn(norm(x)) (LayerNorm eps 1e-5)."""
-
-    def __init__(self, dim, fn):
-        super().__init__()
-        self.norm, self.fn = nn.LayerNorm(dim), fn
-
-    def forward(self, x):
-        return x + self.fn(self.norm(x))
-
-
-class MaskedTokenModel(nn.Module):
-    """The uniform interface shared by both teachers (and so by generators and auxiliary models)."""
-
-    def logits(self, tokens, labels, drop_label=None):
-        """tokens [B, N, S] -> logits [B, N, S, V]."""
-        return self.forward_embeddings(self.input_embed(self.features(tokens)), labels, drop_label)
-
-    def to_indices(self, tokens):
-        """Per-split tokens [B, N, S] -> the tokenizer's full ids [B, N]."""
-        return combine_tokens(tokens, self.codebook_size, self.splits)
-
-    def from_indices(self, indices):
-        """Full ids [B, N] -> per-split tokens [B, N, S]."""
-        return split_tokens(indices, self.codebook_size, self.splits)
-
-    def class_ids(self, labels, drop_label, null_id):
-        """Labels with dropped entries replaced by the null class; never modifies the caller's tensor."""
-        if drop_label is None:
-            return labels.long()
-        return torch.where(drop_label.to(labels.device).bool(), torch.full_like(labels.long(), null_id), labels.long())
-
-    def hidden_states(self, e, labels, layers, drop_label=None):
-        """States [B, N+1, D] after each transformer block in ``layers`` (1-based), run only as deep as the deepest
-        one: Soft-Di[M]O's multi-layer discriminator reads the backbone here."""
-        out, x = [], self.embed_sequence(e, labels, drop_label)
-        for i in range(max(layers)):
-            x = self.block(i, x)
-            if i + 1 in layers:
-                out.append(x)
-        return out
-
-    def frozen_parameters(self):
-        """Di[M]O freezes the embedding and output layers of the generator and the auxiliary model."""
-        return [p for n, p in self.named_parameters() if n.split(".")[0] in self.FROZEN]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# MaskBit generator: LFQBert (SPEC section 1).
-# ----------------------------------------------------------------------------------------------------------------
-class LFQBert(MaskedTokenModel):
-    FROZEN = ("input_proj", "class_emb", "pos_emb", "prediction_layer")
-
-    def __init__(self, img_size, hidden_dim, codebook_size, codebook_splits, depth, heads, mlp_dim, dropout=0.1,
-                 nclass=1000, input_stride=16, use_prenorm=False):
-        super().__init__()
-        bits = int(math.log2(codebook_size))
-        if 2 ** bits != codebook_size or bits % codebook_splits:
-            raise ValueError(f"codebook_size {codebook_size} must be 2^bits with bits divisible by the splits "
-                             f"({codebook_splits})")
-        self.seq_len = (img_size // input_stride) ** 2
-        self.splits, self.num_bits, self.nclass, self.use_prenorm = codebook_splits, bits, nclass, use_prenorm
-        self.codebook_size = codebook_size
-        self.split_bits = bits // codebook_splits
-        self.vocab = self.mask_id = 2 ** self.split_bits               # the mask id is one past the last split id
-        self.pos_emb = nn.Parameter(torch.zeros(1, self.seq_len + 1, hidden_dim))
-        self.register_buffer("bits_to_indices", 2 ** torch.arange(self.split_bits, dtype=torch.int32))
-        self.class_emb = nn.Embedding(nclass + 1, hidden_dim)
-        self.input_proj = nn.Linear(bits, hidden_dim)
-        self.first_layer = nn.Sequential(nn.LayerNorm(hidden_dim, eps=1e-12), nn.Dropout(dropout))
-        self.transformer = nn.Module()
-        self.transformer.layers = nn.ModuleList(nn.ModuleList([
-            SelfAttention(hidden_dim, heads, dropout, norm_eps=1e-12, output_dropout=dropout),
-            FeedForward(hidden_dim, mlp_dim, dropout, norm_eps=1e-12)]) for _ in range(depth))
-        if use_prenorm:
-            self.norm_after_transformer = nn.LayerNorm(hidden_dim, eps=1e-12)
-        self.last_layer = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
-                                        nn.LayerNorm(hidden_dim, eps=1e-12))
-        self.prediction_layer = nn.Linear(hidden_dim, codebook_splits * self.vocab)
-        nn.init.trunc_normal_(self.pos_emb, std=0.02)
-
-    def features(self, tokens):
-        """[B, N, S] per-split ids -> bit features [B, N, bits]: +-1 per bit (LSB first), 0 for a masked split."""
-        bits = index_to_bits(tokens.clamp(max=self.vocab - 1), self.split_bits)       # [B, N, S, bits/S]
-        bits = torch.where((tokens == self.mask_id)[..., None], torch.zeros_like(bits), bits)
-        return bits.flatten(-2)                                        # [B, N, S, bits/S] -> [B, N, bits]
-
-    def soft_features(self, probs):
-        """Soft-Di[M]O's expected input: E_p[bits] per split, probs [B, N, S, V] -> [B, N, bits] in [-1, 1]."""
-        return expected_bits(probs)
-
-    def input_embed(self, x):
-        return self.input_proj(x)
-
-    def embed_sequence(self, e, labels, drop_label=None):
-        """e [B, N, D] and labels -> the first block's input [B, N+1, D] (class slot last)."""
-        c = self.class_emb(self.class_ids(labels, drop_label, self.nclass))[:, None]  # [B] -> [B, 1, D]
-        return self.first_layer(torch.cat([e, c], dim=1) + self.pos_emb)
-
-    def block(self, i, x):
-        attn, ffn = self.transformer.layers[i]
-        if self.use_prenorm:
-            x = x + attn(attn.norm(x))
-            return x + ffn(ffn.norm(x))
-        x = attn.norm(x + attn(x))
-        return ffn.norm(x + ffn(x))
-
-    def forward_embeddings(self, e, labels, drop_label=None):
-        b = e.shape[0]
-        x = self.hidden_states(e, labels, (len(self.transformer.layers),), drop_label)[0]  # after the last block
-        if self.use_prenorm:
-            x = self.norm_after_transformer(x)
-        y = self.prediction_layer(self.last_layer(x))
-        return y.reshape(b, self.seq_len + 1, self.splits, self.vocab)[:, :self.seq_len]  # [B,N+1,S*V]->[B,N,S,V]
-
-    def forward(self, img_tokens, class_labels, drop_label_mask=None):
-        """Official layout: img_tokens [B, N, S] -> logits [B, N, S, V].  drop_label_mask=None drops nothing."""
-        return self.logits(img_tokens, class_labels, drop_label_mask)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# MaskGIT: Di[M]O's MaskTransformer (SPEC section 3).
-# ----------------------------------------------------------------------------------------------------------------
-class MaskTransformer(MaskedTokenModel):
-    FROZEN = ("tok_emb", "pos_emb", "bias")                            # the head is tied to tok_emb
-
-    def __init__(self, img_size, hidden_dim, codebook_size, depth, heads, mlp_dim, dropout=0.1, nclass=1000):
-        super().__init__()
-        self.grid = img_size // 16                                      # token grid side P (official: fixed f=16)
-        self.seq_len, self.splits, self.nclass = self.grid ** 2, 1, nclass
-        self.mask_id, self.vocab = codebook_size, codebook_size + 1    # logits keep the mask class
-        self.codebook_size = codebook_size
-        vocab_in = codebook_size + 1 + nclass + 1                      # visual ids, mask, classes, null class
-        self.tok_emb = nn.Embedding(vocab_in, hidden_dim)
-        self.pos_emb = nn.Parameter(torch.zeros(1, self.seq_len + 1, hidden_dim))
-        nn.init.trunc_normal_(self.pos_emb, std=0.02)
-        self.first_layer = nn.Sequential(
-            nn.LayerNorm(hidden_dim, eps=1e-12), nn.Dropout(dropout), nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
-            nn.LayerNorm(hidden_dim, eps=1e-12), nn.Dropout(dropout), nn.Linear(hidden_dim, hidden_dim))
-        self.transformer = nn.Module()
-        self.transformer.layers = nn.ModuleList(nn.ModuleList([
-            PreNorm(hidden_dim, SelfAttention(hidden_dim, heads, dropout)),
-            PreNorm(hidden_dim, FeedForward(hidden_dim, mlp_dim, dropout, maskgit_layout=True))])
-            for _ in range(depth))
-        self.last_layer = nn.Sequential(nn.LayerNorm(hidden_dim, eps=1e-12), nn.Dropout(dropout),
-                                        nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
-                                        nn.LayerNorm(hidden_dim, eps=1e-12))
-        self.bias = nn.Parameter(torch.zeros(self.seq_len + 1, vocab_in))
-
-    def features(self, tokens):
-        """[B, N, 1] (or [B, N]) ids -> token embeddings [B, N, D]."""
-        return self.tok_emb(tokens[..., 0] if tokens.dim() == 3 else tokens)
-
-    def soft_features(self, probs):
-        """Soft-Di[M]O's expected embedding sum_j p_j E_j under tok_emb: probs [B, N, 1, V] -> [B, N, D]."""
-        return probs[..., 0, :] @ self.tok_emb.weight[:self.vocab].to(probs.dtype)
-
-    def input_embed(self, x):
-        return x
-
-    def embed_sequence(self, e, labels, drop_label=None):
-        """e [B, N, D] and labels -> the first block's input [B, N+1, D] (class slot last)."""
-        ids = self.class_ids(labels, drop_label, self.nclass) + self.codebook_size + 1  # null class when dropped
-        return self.first_layer(torch.cat([e, self.tok_emb(ids)[:, None]], dim=1) + self.pos_emb)
-
-    def block(self, i, x):
-        attn, ffn = self.transformer.layers[i]
-        return ffn(attn(x))
-
-    def forward_embeddings(self, e, labels, drop_label=None):
-        x = self.hidden_states(e, labels, (len(self.transformer.layers),), drop_label)[0]  # after the last block
-        x = self.last_layer(x)
-        logits = x @ self.tok_emb.weight.t() + self.bias               # tied head: [B, N+1, vocab_in]
-        return logits[:, :self.seq_len, None, :self.vocab]             # -> [B, N, 1, K+1]
-
-    def forward(self, img_token, y, drop_label=None):
-        """Official layout: img_token [B, P, P] or [B, N] -> logits [B, N, K+1].  drop_label=None drops nothing."""
-        tokens = img_token.reshape(img_token.shape[0], -1, 1)          # [B, P, P] -> [B, N, 1]
-        return self.logits(tokens, y, drop_label)[:, :, 0]
+from maskbit import LFQBert
+from maskgit import MaskTransformer
+from meissonic import MeissonicTransformer, TextCondition
+from text_encoder import CLIPTokenizer, encode_prompts, load_text_encoder
+from tokenizer import build_tokenizer
+from vq_model import VQModel
 
 
 def build_teacher(family, config):
-    """'maskbit' -> LFQBert(**config); 'maskgit' -> MaskTransformer(**config)."""
-    return LFQBert(**config) if family == "maskbit" else MaskTransformer(**config)
+    """'maskbit' -> LFQBert(**config); 'maskgit' -> MaskTransformer(**config); 'meissonic' ->
+    MeissonicTransformer(**config)."""
+    return {"maskbit": LFQBert, "maskgit": MaskTransformer, "meissonic": MeissonicTransformer}[family](**config)
+
+
+MEISSONIC_KEYS = ("num_layers", "num_single_layers", "attention_head_dim", "num_attention_heads",
+                  "joint_attention_dim", "pooled_projection_dim", "axes_dims_rope", "vocab_size", "codebook_size",
+                  "downsample", "upsample", "patch_size", "in_channels", "guidance_embeds")
+VQ_KEYS = ("in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels",
+           "layers_per_block", "act_fn", "latent_channels", "num_vq_embeddings", "norm_num_groups", "vq_embed_dim",
+           "norm_type", "mid_block_add_attention", "lookup_from_codebook")
+
+
+def load_meissonic(folder, resolution, verbose=True):
+    """A released Meissonic folder (``transformer/``, ``vqvae/``, ``text_encoder/``, ``tokenizer/``, each with its
+    config.json) -> (transformer, VQ model, CLIP tokenizer, CLIP text encoder), all loaded strictly; the token
+    grid to sample is resolution / the VQ model's down-sampling factor, as in the official pipeline."""
+    if not os.path.isdir(folder):
+        raise UserError(f"--teacher-ckpt '{folder}': Meissonic's checkpoint is the released folder (transformer/, "
+                        f"vqvae/, text_encoder/, tokenizer/), not a file")
+    missing = [s for s in ("transformer", "vqvae", "text_encoder", "tokenizer") if not os.path.isdir(
+        os.path.join(folder, s))]
+    if missing:
+        raise UserError(f"'{folder}' is not a Meissonic folder: no {', '.join(s + '/' for s in missing)} in it")
+
+    def build_transformer(c):
+        if "num_single_layers" not in c or "codebook_size" not in c:
+            raise UserError(f"'{folder}/transformer' is not a Meissonic transformer (its config.json has no "
+                            f"num_single_layers / codebook_size: another family?); pass --teacher for its family")
+        return MeissonicTransformer(**{k: c[k] for k in MEISSONIC_KEYS if k in c})
+
+    def build_vq(c):
+        return VQModel(**{k: c[k] for k in VQ_KEYS if k in c})
+
+    transformer, _ = load_folder(os.path.join(folder, "transformer"), "Meissonic transformer", build_transformer)
+    vq, _ = load_folder(os.path.join(folder, "vqvae"), "Meissonic vqvae", build_vq)
+    side = resolution // vq.factor
+    if resolution % vq.factor or side % 2 and hasattr(transformer.down_block, "downsample"):
+        raise UserError(f"--resolution {resolution}: must be a multiple of {vq.factor * 2} (VQ factor {vq.factor}, "
+                        f"then the transformer's 2x2 down-sampling)")
+    transformer.token_grid = (side, side)
+    text = load_text_encoder(os.path.join(folder, "text_encoder"))
+    tok = CLIPTokenizer.from_folder(os.path.join(folder, "tokenizer"),
+                                    max_length=text.config["max_position_embeddings"])
+    if verbose:
+        print(f"loaded Meissonic '{folder}' (transformer, vqvae, text_encoder, tokenizer with pad {tok.pad!r}; "
+              f"token grid {transformer.token_grid[0]} x {transformer.token_grid[1]})")
+    return transformer.requires_grad_(False), vq.requires_grad_(False), tok, text.requires_grad_(False)
+
+
+def micro_conds(resolution, aesthetic):
+    """The pipeline's micro-conditions: (width, height, crop top, crop left, aesthetic score)."""
+    return [float(resolution), float(resolution), 0.0, 0.0, float(aesthetic)]
+
+
+def prompt_condition(tokenizer, encoder, prompts, negative_prompt, micro_conds, counter=True):
+    """Prompts (a list) -> a TextCondition: each prompt's CLIP encoding, the negative prompt's as the unconditional
+    branch (the empty string when there is none, as the official pipeline), micro_conds [5] for every sample;
+    ``counter``: pass the pipeline's step counter as the timestep (else 0, as Di[M]O)."""
+    if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+        raise UserError("a prompt is empty: pass --prompt \"two red circles left of a blue square\"")
+    device = next(encoder.parameters()).device
+    hidden, pooled = encode_prompts(tokenizer, encoder, prompts, device)
+    neg_hidden, neg_pooled = encode_prompts(tokenizer, encoder, [negative_prompt or ""] * len(prompts), device)
+    micro = torch.tensor([list(map(float, micro_conds))] * len(prompts), device=device)   # [B, 5]
+    return TextCondition(hidden, pooled, neg_hidden, neg_pooled, micro, None, counter)
 
 
 def load_pair(preset, teacher_ckpt=None, tokenizer_ckpt=None, verbose=True):
     """-> (teacher, tokenizer, resolved preset name).  Presets with bundled weights need no paths; ``maskbit``
     without paths means the bundled toy MaskBit pair, said in one line."""
     p = get_preset(preset)
+    if p["family"] == "meissonic":
+        raise UserError(f"preset '{preset}' is text-to-image: it loads through teacher.load_meissonic (python "
+                        f"teacher.py sample --teacher {preset} --teacher-ckpt DIR --prompt ...)")
+    if teacher_ckpt is not None and os.path.isdir(teacher_ckpt):
+        raise UserError(f"--teacher-ckpt '{teacher_ckpt}' is a folder, but preset '{preset}' takes a weights file; "
+                        f"a released text-to-image folder goes with --teacher meissonic")
     if teacher_ckpt is None and tokenizer_ckpt is None:
         if preset == "maskbit" and "bundled" in PRESETS.get("maskbit-toy", {}):
             if verbose:
@@ -305,7 +142,9 @@ def load_pair(preset, teacher_ckpt=None, tokenizer_ckpt=None, verbose=True):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The multi-step MaskGIT / MaskBit sampler (its step counts, MaskBit's or Halton-MaskGIT v1.0's: masking.py).
+# The multi-step sampler: MaskBit's, Halton-MaskGIT v1.0's (step counts: masking.py) and Meissonic's, which is
+# MaskBit's cumulative counts on the cosine schedule, Gumbel temperature linspace(2, 0, N) ('halton' annealing),
+# CFG against the negative prompt and the step counter as timestep (TextCondition.at_step).
 # ----------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def sample(model, labels, steps, schedule="arccos", temperature=1.0, randomize_temperature=0.0, remask="confidence",
@@ -334,7 +173,8 @@ def sample(model, labels, steps, schedule="arccos", temperature=1.0, randomize_t
         if n_masked.max() == 0:
             break
         w = guidance_at(guidance, i, steps, guidance_anneal, scale_pow)
-        logits = guided_logits(model, tokens, labels, w).float() / temperature
+        cond = labels.at_step(i, steps) if hasattr(labels, "at_step") else labels     # text: the step's timestep
+        logits = guided_logits(model, tokens, cond, w).float() / temperature
         probs = torch.softmax(logits, dim=-1)                          # [B, N, S, V]
         pred = torch.multinomial(probs.flatten(0, 2), 1, generator=generator).reshape(tokens.shape)  # -> [B, N, S]
         pred = torch.where(masked, pred, tokens)
@@ -364,7 +204,10 @@ def sample(model, labels, steps, schedule="arccos", temperature=1.0, randomize_t
 @torch.no_grad()
 def tokens_to_images(model, tokenizer, tokens):
     """Tokens [B, N, S] of a teacher (or its one-step copy) -> images [B, 3, H, W], float32 in [0, 1], on the CPU."""
-    return tokenizer.indices_to_images(model.to_indices(tokens)).float().clamp(0, 1).cpu()
+    ids = model.to_indices(tokens)                                     # [B, N]
+    if getattr(model, "token_grid", None):                             # text-to-image: its grid may be non-square
+        ids = ids.reshape(ids.shape[0], *model.token_grid)             # [B, N] -> [B, h, w]
+    return tokenizer.indices_to_images(ids).float().clamp(0, 1).cpu()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -381,7 +224,8 @@ def add_sampler_args(parser):
     g.add_argument("--remask", choices=("confidence", "random"), help="which entries stay masked")
     g.add_argument("--step-counts", choices=STEP_COUNTS, help="entries decoded per step: MaskBit's or Halton v1.0's")
     g.add_argument("--noise-anneal", choices=STEP_COUNTS, help="Gumbel annealing: 1-(i+1)/T (maskbit), 1-i/(T-1)")
-    g.add_argument("--guidance", type=float, help="CFG w in z_u + w (z_c - z_u); 1 = no guidance")
+    g.add_argument("--guidance", "--cfg", dest="guidance", type=float,
+                   help="CFG w in z_u + w (z_c - z_u); 1 = no guidance (text: z_u is the negative prompt's)")
     g.add_argument("--maskbit-scale", "--halton-cfg", dest="maskbit_scale", type=float,
                    help="CFG in MaskBit's / Halton-MaskGIT's form cond + s (cond - uncond): w = s + 1")
     g.add_argument("--guidance-anneal", choices=("none", "linear", "cosine"), help="guidance annealing")
@@ -389,8 +233,8 @@ def add_sampler_args(parser):
 
 
 def sampler_settings(args, preset):
-    """Merge the command line over the preset's sampler defaults and check every value."""
-    s = dict(get_preset(preset)["sampler"])
+    """Merge the command line over the preset's sampler defaults and check every value (preset: name or dict)."""
+    s = dict((get_preset(preset) if isinstance(preset, str) else preset)["sampler"])
     for key in s:
         if getattr(args, key, None) is not None:
             s[key] = getattr(args, key)
@@ -409,29 +253,53 @@ def sampler_settings(args, preset):
 def main_sample(argv=None):
     parser = ArgumentParser(prog="teacher.py sample", description="multi-step sampling from a masked teacher")
     parser.add_argument("--teacher", default="maskbit", help="preset name (python config.py lists them)")
-    parser.add_argument("--ckpt", "--teacher-ckpt", dest="ckpt", help="teacher weights (.bin/.pth/.pt)")
+    parser.add_argument("--ckpt", "--teacher-ckpt", dest="ckpt",
+                        help="teacher weights (.bin/.pth/.pt); text-to-image: the released folder")
     parser.add_argument("--tokenizer-ckpt", help="tokenizer weights (.bin/last.ckpt/.pt)")
-    parser.add_argument("--n", type=int, default=32, help="number of images")
+    parser.add_argument("--n", type=int, help="number of images (class: 32; text: one per --prompt)")
     parser.add_argument("--labels", help="class ids, comma separated (default: 0, 1, 2, ... cycled)")
+    parser.add_argument("--prompt", action="append", help="text-to-image: a prompt (repeat for more; cycled to --n)")
+    parser.add_argument("--negative-prompt", help="text-to-image: CFG's unconditional branch (the preset's)")
+    parser.add_argument("--resolution", type=int, help="text-to-image: image side in pixels (the preset's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="grid.png", help="PNG grid; the settings go to the same name .json")
     add_sampler_args(parser)
     args = parser.parse_args(argv)
-    check_range("--n", args.n, low=1)
     rt = runtime(args.device)
-    teacher, tokenizer, preset = load_pair(args.teacher, args.ckpt, args.tokenizer_ckpt)
-    settings = sampler_settings(args, preset)
-    teacher, tokenizer = teacher.to(rt.device), tokenizer.to(rt.device)
-    labels = parse_labels(args.labels, args.n, teacher.nclass).to(rt.device)
+    p = get_preset(args.teacher)
+    if p["family"] == "meissonic":
+        if args.ckpt is None:
+            raise UserError(f"--teacher {args.teacher} has no bundled toy world yet (issue 'Text-to-image, part 2'): "
+                            f"pass --teacher-ckpt, the released folder ({p['released']['generator']})")
+        if not args.prompt:
+            raise UserError("text-to-image sampling needs --prompt \"...\" (repeat it for several prompts)")
+        n = check_range("--n", args.n if args.n is not None else len(args.prompt), low=1)
+        res = check_range("--resolution", args.resolution or p["prompt"]["resolution"], low=1)
+        teacher, tokenizer, text_tok, text_enc = load_meissonic(args.ckpt, res)
+        teacher, tokenizer, text_enc = teacher.to(rt.device), tokenizer.to(rt.device), text_enc.to(rt.device)
+        prompts = [args.prompt[i % len(args.prompt)] for i in range(n)]
+        negative = p["prompt"]["negative_prompt"] if args.negative_prompt is None else args.negative_prompt
+        micro = micro_conds(res, p["prompt"]["aesthetic"])
+        cond = prompt_condition(text_tok, text_enc, prompts, negative, micro, p["prompt"]["timestep"] == "counter")
+        record = dict(prompts=prompts, negative_prompt=negative, resolution=res, micro_conds=micro,
+                      timestep=p["prompt"]["timestep"], text_pad=text_tok.pad)
+    else:
+        n = check_range("--n", args.n if args.n is not None else 32, low=1)
+        teacher, tokenizer, preset = load_pair(args.teacher, args.ckpt, args.tokenizer_ckpt)
+        p = get_preset(preset)
+        teacher, tokenizer = teacher.to(rt.device), tokenizer.to(rt.device)
+        cond = parse_labels(args.labels, n, teacher.nclass).to(rt.device)
+        record = dict(labels=cond.tolist(), tokenizer_ckpt=args.tokenizer_ckpt)
+    settings = sampler_settings(args, p)
     gen = torch.Generator(rt.device).manual_seed(args.seed)
-    tokens = sample(teacher, labels, generator=gen, **settings)
+    tokens = sample(teacher, cond, generator=gen, **settings)
     save_image_grid(tokens_to_images(teacher, tokenizer, tokens), args.out)
-    record = dict(teacher=preset, teacher_ckpt=args.ckpt, tokenizer_ckpt=args.tokenizer_ckpt, n=args.n,
-                  labels=labels.tolist(), seed=args.seed, device=str(rt.device), **settings)
+    record = dict(teacher=args.teacher, teacher_ckpt=args.ckpt, n=n, seed=args.seed, device=str(rt.device),
+                  **record, **settings)
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
         json.dump(record, f, indent=1)
-    print(f"wrote {args.out} ({args.n} images, {settings['steps']} steps, guidance w={settings['guidance']:.2f})")
+    print(f"wrote {args.out} ({n} images, {settings['steps']} steps, guidance w={settings['guidance']:.2f})")
 
 
 def main(argv):

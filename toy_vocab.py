@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from config import UserError
 from masking import random_mask
-from teacher import FeedForward, MaskedTokenModel, PreNorm, SelfAttention
+from bert import FeedForward, MaskedTokenModel, PreNorm, SelfAttention
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Graded course assignments: an instructor blanks out one function of the method, the tests of its concept grade it.
 
 Each assignment is one function of a concept file (tokenizer.py, masking.py, generator.py, distill.py,
-soft_refine.py, tteo.py, rewards.py, eval.py): the paper equation it implements, a task statement for the student,
-the pytest node ids that grade it, the other assignments those tests also call (blank both and the second fails
-too), and plausible wrong solutions the tests must reject (``tests/test_course.py`` checks both kinds of failure).
+soft_refine.py, tteo.py, rewards.py, eval.py, text_encoder.py, meissonic.py): the paper equation it implements, a
+task statement for the student, the pytest node ids that grade it, the other assignments those tests also call
+(blank both and the second fails too), and plausible wrong solutions the tests must reject (``tests/test_course.py``
+checks both kinds of failure).
 
   python course/assignments.py list [--markdown]           the assignments (--markdown: docs/course.md's section)
   python course/assignments.py handout --out DIR [--only cfg,aux-loss]
@@ -39,6 +40,7 @@ class Assignment:
 
 
 T, D, S, E = "tests/test_teacher.py::", "tests/test_distill.py::", "tests/test_soft.py::", "tests/test_tteo.py::"
+TT = "tests/test_text_to_image.py::"
 
 ASSIGNMENTS = [
     Assignment(
@@ -173,9 +175,10 @@ ASSIGNMENTS = [
         "rewards over the batch, do not average). Count the passes in counts; return the new e, the logits of the "
         "old e and the rewards, all detached.",
         (E + "test_a_tteo_step_moves_e_init_and_no_weight[maskbit]", E + "test_small_steps_ascend_the_reward[maskbit]",
-         E + "test_a_tteo_step_is_each_images_own"),
+         E + "test_a_tteo_step_is_each_images_own", E + "test_a_tteo_step_is_plain_gradient_ascent"),
         uses=("lfq-bits", "token-init"),
-        wrong=(("total.sum(), e)", "total.mean(), e)", "the batch mean: each step shrinks with the batch size"),)),
+        wrong=(("total.sum(), e)", "total.mean(), e)", "the batch mean: each step shrinks with the batch size"),
+               ("(e + lr * grad)", "(e + lr * grad.sign())", "a signed step (FGSM-like), not SGD's"))),
     Assignment(
         "reward", "rewards.py", "ClassifierReward.__call__",
         "R(x, c) = log p_reward(c | clamp(x, 0, 1)), the toy stand-in for Soft-Di[M]O's rewards (Sec. 2.5)",
@@ -190,7 +193,51 @@ ASSIGNMENTS = [
         "The Frechet distance between Gaussians fitted to feature sets a [n, d] and b [m, d], in float64. Take the "
         "square roots by symmetric eigendecompositions (clamping tiny negative eigenvalues to 0) rather than a "
         "general matrix square root; return a Python float.",
-        ("tests/test_eval_data.py::test_frechet_distance_known_values",)),
+        ("tests/test_eval_data.py::test_frechet_distance_known_values",
+         "tests/test_eval_data.py::test_frechet_distance_uses_the_unbiased_covariance"),
+        wrong=(("torch.cov(a.t()), torch.cov(b.t())", "torch.cov(a.t(), correction=0), torch.cov(b.t(), correction=0)",
+                "population covariances (divided by n): biased on small sets"),)),
+    Assignment(
+        "bpe-merge", "text_encoder.py", "CLIPTokenizer.bpe",
+        "byte-level BPE (Sennrich et al. 2016; CLIP's variant): a chunk's UTF-8 bytes as symbols, '</w>' on the "
+        "last, then repeatedly the adjacent pair of lowest merge rank joined everywhere",
+        "Split one pre-split chunk into BPE symbols: map its UTF-8 bytes to their stand-ins (BYTE_SYMBOLS), append "
+        "'</w>' to the last, then repeat: among the adjacent pairs pick the one with the lowest rank in self.ranks "
+        "and join every non-overlapping occurrence, left to right; stop when no pair has a rank. The two special "
+        "strings pass through as one symbol. Cache results in self.cache.",
+        (TT + "test_bpe_merges_the_lowest_rank_everywhere",
+         "tests/test_golden.py::test_clip_tokenizer_cases[pad-endoftext]"),
+        wrong=(("key=lambda p: self.ranks.get(p, math.inf))", "key=lambda p: -self.ranks.get(p, -math.inf))",
+                "the highest rank merged first"),
+               ('word[-1] += "</w>"', 'word[0] += "</w>"', "the end-of-word marker on the first symbol"))),
+    Assignment(
+        "rope", "meissonic.py", "rope_tables",
+        "Flux/Meissonic RoPE: per position axis a of width d_a, angle = p_a theta^(-2k/d_a), k < d_a/2, each angle "
+        "for a pair (x_2k, x_2k+1), the axes concatenated; text at (0, 0, 0), image at (0, row, col)",
+        "Build the rotary tables for ids [S, 3]: for every axis a (width axes_dims[a]), the angles p theta^(-2k/d) "
+        "in float64, each repeated twice in a row so that consecutive pairs share it, the axes concatenated to "
+        "[S, Dh]; return (cos, sin) in float32.",
+        (TT + "test_rope_rotates_image_positions_by_axis_and_leaves_text_alone",
+         "tests/test_golden.py::test_golden[meissonic_transformer.pt]"),
+        uses=("joint-attention",),
+        wrong=((".repeat_interleave(2, dim=1)", ".repeat(1, 2)", "the two halves layout (GPT-NeoX), not pairs"),
+               ("1.0 / theta **", "theta **", "growing, not decaying, frequencies"))),
+    Assignment(
+        "joint-attention", "meissonic.py", "Attention.forward",
+        "MMDiT joint attention: Q = [RMS(W_q^txt t); RMS(W_q x)], likewise K (and V without the norm), RoPE on Q "
+        "and K, softmax(Q K^T / sqrt(Dh)) V, split back into text (first L rows) and image",
+        "Attend over text and image jointly: per-head q, k, v of the image stream (to_*, norm_q/norm_k) and, when "
+        "t is given, of the text stream (add_*_proj, norm_added_*), concatenated text first; RoPE on q and k with "
+        "the tables given; one softmax attention (scaled by 1/sqrt(head dim)); with t, return (to_out[0] of the "
+        "image rows, to_add_out of the text rows), without t (single-stream blocks) the attention output itself.",
+        (TT + "test_joint_attention_is_one_softmax_over_text_then_image",
+         "tests/test_golden.py::test_golden[meissonic_transformer.pt]"),
+        uses=("rope",),
+        wrong=(("torch.cat([tq, q], 2), torch.cat([tk, k], 2), torch.cat([tv, v], 2)",
+                "torch.cat([q, tq], 2), torch.cat([k, tk], 2), torch.cat([v, tv], 2)",
+                "image first: the text rows read back are image rows"),
+               ("q, k = apply_rope(q, *rope), apply_rope(k, *rope)", "q = apply_rope(q, *rope)",
+                "RoPE on the queries only"))),
 ]
 BY_ID = {a.id: a for a in ASSIGNMENTS}
 # A handout leaves these out: the wrong solutions hold fragments of the right ones, and the course check needs them.

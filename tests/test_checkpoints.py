@@ -153,7 +153,7 @@ def test_cli_error_is_one_line_without_traceback(tmp_path):
 def test_full_size_benchmark_files_load_through_the_normal_path(presets, preset, tmp_path):
     """bench.py full-size writes random weights in the released layouts; --teacher-ckpt / --tokenizer-ckpt
     read them back strictly and unchanged (here at the golden fixtures' sizes)."""
-    from bench import released_files
+    from full_size import released_files
     from teacher import load_pair
     teacher_path, tokenizer_path = released_files(preset, str(tmp_path))
     raw = torch.load(teacher_path, weights_only=True)

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 
 import ddp
 from distill import dimo_surrogate
-from teacher import LFQBert
+from maskbit import LFQBert
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -13,7 +13,8 @@ from config import runtime
 from distill import aux_loss, dimo_loss, dimo_surrogate, divergence_grad, entry_weights, main
 from generator import draw_r_init, generate, generator_logits, make_generator, perturb, sigma_at, token_init
 from masking import random_mask
-from teacher import LFQBert, MaskTransformer
+from maskbit import LFQBert
+from maskgit import MaskTransformer
 from toy_vocab import family_joint, markov_joint
 
 CASES = [("fkl", 0.0), ("rkl", 0.0), ("jeffreys", 0.3), ("jeffreys", -0.2), ("jeffreys", -0.4), ("jeffreys", 1.0)]

@@ -1,4 +1,6 @@
 """Data and metrics: toy data determinism, the image-folder loader, FID and PRDC on cases with known answers."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -55,6 +57,16 @@ def test_frechet_distance_known_values():
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_frechet_distance_uses_the_unbiased_covariance():
+    """Small samples, where n and n - 1 differ.  Both sets have uncorrelated columns (sample covariance 0), so
+    FID = sum over columns of (mu_a - mu_b)^2 + (sd_a - sd_b)^2 with the sample (n - 1) variances: 19.92; a
+    population covariance (divided by n) gives 17.04."""
+    a = torch.tensor([[0.0, 1.0], [1.0, -1.0], [2.0, -1.0], [3.0, 1.0]])           # variances 5/3 and 4/3
+    b = torch.tensor([[1.0, 1.0], [5.0, -2.0], [9.0, 1.0]])                         # variances 16 and 3
+    want = (1.5 - 5.0) ** 2 + (math.sqrt(5 / 3) - 4.0) ** 2 + (math.sqrt(4 / 3) - math.sqrt(3.0)) ** 2
+    assert frechet_distance(a, b) == pytest.approx(want, rel=1e-9)
+
+
 def test_prdc_identical_disjoint_and_collapsed():
     g = torch.Generator().manual_seed(0)
     real = torch.randn(500, 8, generator=g)
@@ -78,7 +90,7 @@ def test_the_gan_reads_the_train_split_and_fid_the_held_out_split_which_share_no
     first 500 of either is in the other), a folder's test split is every 10th file of each class (no file in both)."""
     import eval as evaluation
     import train
-    from teacher import LFQBert
+    from maskbit import LFQBert
     from tokenizer import LFQTokenizer
     splits = []
 

@@ -2,25 +2,34 @@
 
 Every ``*.pt`` in $GOLDEN_DIR (default: tests/golden, a copy of ../shared/golden) is checked; the model is
 recognised by the file-name prefix, built from the fixture's ``config``, loaded with ``strict=True`` and each key
-of ``outputs`` is compared with the tolerances of ``check_example.md``.  A second group of tests builds other
+of ``outputs`` is compared with the tolerances of ``check_example.md`` (MaskBit, MaskGIT) or of
+``SPEC_meissonic.md`` section 4 (Meissonic: atol 1e-5, rtol 1e-5 on every float output).  Every case of
+``clip_tokenizer/cases.json`` is checked with both padding conventions.  A second group of tests builds other
 configurations of the same classes and checks their state-dict keys and shapes against the general patterns of
 SPEC.md, so that released checkpoints of every size load.
 """
 import glob
+import json
 import math
 import os
 
 import pytest
 import torch
 
-from teacher import LFQBert, MaskTransformer
+from maskbit import LFQBert
+from maskgit import MaskTransformer
+from meissonic import MeissonicTransformer, image_ids
+from text_encoder import EOS, CLIPTextEncoder, CLIPTokenizer
 from tokenizer import LFQTokenizer, VQGAN, combine_tokens, index_to_bits, split_tokens
+from vq_model import VQModel
 
 GOLDEN_DIR = os.environ.get("GOLDEN_DIR", os.path.join(os.path.dirname(__file__), "golden"))
 FIXTURES = sorted(glob.glob(os.path.join(GOLDEN_DIR, "*.pt")))
 TIGHT = ("logits", "token_bits", "combined_tokens", "codebook_entries", "encoder_out", "z_quantized",
          "pre_quant", "quant")
-EXACT = ("split_tokens", "min_encoding_indices", "indices")
+EXACT = ("split_tokens", "min_encoding_indices", "indices", "encoded_token_ids")
+# families whose fixtures a later issue builds (Text-to-image, part 4: MaskGen, TA-TiTok, open_clip's ViT)
+NOT_YET = ("maskgen_", "tatitok_", "clip_vit")
 
 
 def run_lfqbert(cfg, inp):
@@ -60,8 +69,50 @@ def run_maskgit_vqgan(cfg, inp):
                quant=quant, indices=indices, reconstruction=model.decode(quant))
 
 
+def run_meissonic_transformer(cfg, inp):
+    model = MeissonicTransformer(**cfg)
+    yield model
+    h, w = inp["hidden_states"].shape[1:]
+    ds = 2 if cfg.get("downsample") else 1
+    # the pipeline's position ids, which our forward computes itself: (0, row, col) on the down-sampled grid
+    assert torch.equal(image_ids(h // ds, w // ds), inp["img_ids"].float()), "img_ids differ from the pipeline's"
+    assert not inp["txt_ids"].any(), "text position ids are zeros in the official pipeline"
+    args = [inp[k].clone() for k in ("hidden_states", "encoder_hidden_states", "pooled_projections", "micro_conds",
+                                     "timestep")]
+    trace = {}
+    out = dict(logits=model(*args, trace=trace))
+    out["dimo_logits_perturbed"] = model(*args, noise_emb_perturb=float(inp["dimo_noise_emb_perturb"]),
+                                         noise=inp["dimo_emb_noise"].clone())
+    yield {**trace, **out}
+
+
+def run_meissonic_vqvae(cfg, inp):
+    model = VQModel(**cfg)
+    yield model
+    b, h, w, c = inp["shape"].tolist()
+    assert (b, h, w) == tuple(inp["token_ids"].shape) and c == model.code_dim
+    quant = model.codebook_entries(inp["token_ids"].clone())
+    images = model.decode_latents(quant)
+    latents, ids = model.encode(inp["pixel_values"].clone())
+    flat = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1]).double()          # [B, C, h, w] -> [Bhw, C]
+    best2 = torch.cdist(flat, model.quantize.embedding.weight.double()).topk(2, largest=False).values
+    yield dict(quant=quant, images=images, images_clipped=images.clamp(0, 1), encoded_latents=latents,
+               encoded_token_ids=ids, encoded_code_margin=(best2[:, 1] - best2[:, 0]).reshape(ids.shape))
+
+
+def run_meissonic_text_encoder(cfg, inp):
+    model = CLIPTextEncoder(**cfg)
+    yield model
+    out = model(inp["input_ids"].clone())
+    yield dict(text_embeds=out["text_embeds"], hidden_states_penultimate=out["hidden_states"][-2],
+               last_hidden_state=out["last_hidden_state"], pooled_output=out["pooled_output"],
+               all_hidden_states=torch.stack(out["hidden_states"]))
+
+
 RUNNERS = {"maskbit_lfqbert": run_lfqbert, "maskbit_tokenizer": run_maskbit_tokenizer,
-           "maskgit_transformer": run_maskgit_transformer, "maskgit_vqgan": run_maskgit_vqgan}
+           "maskgit_transformer": run_maskgit_transformer, "maskgit_vqgan": run_maskgit_vqgan,
+           "meissonic_transformer": run_meissonic_transformer, "meissonic_vqvae": run_meissonic_vqvae,
+           "meissonic_text_encoder": run_meissonic_text_encoder}
 
 
 def runner_for(path):
@@ -78,6 +129,8 @@ def test_fixtures_found():
 
 @pytest.mark.parametrize("path", FIXTURES, ids=[os.path.basename(p) for p in FIXTURES])
 def test_golden(path):
+    if os.path.basename(path).startswith(NOT_YET):
+        pytest.skip("fixture of a family not built yet (issue 'Text-to-image, part 4')")
     fx = torch.load(path, map_location="cpu", weights_only=True)
     assert set(fx) == {"config", "state_dict", "inputs", "outputs"}
     steps = runner_for(path)(fx["config"], fx["inputs"])
@@ -92,8 +145,27 @@ def test_golden(path):
         if key in EXACT:
             assert torch.equal(got.long(), expected.long()), f"{key}: indices differ"
         else:
-            atol = 1e-5 if key.startswith(TIGHT) else 1e-4
-            torch.testing.assert_close(got.float(), expected.float(), atol=atol, rtol=1e-5, msg=key)
+            meissonic = os.path.basename(path).startswith("meissonic_")
+            atol = 1e-5 if meissonic or key.startswith(TIGHT) else 1e-4
+            torch.testing.assert_close(got.to(expected.dtype), expected, atol=atol, rtol=1e-5, msg=key)
+
+
+CLIP_DIR = os.path.join(GOLDEN_DIR, "clip_tokenizer")
+CLIP_CASES = json.load(open(os.path.join(CLIP_DIR, "cases.json"), encoding="utf-8")) \
+    if os.path.isfile(os.path.join(CLIP_DIR, "cases.json")) else []
+
+
+@pytest.mark.parametrize("pad,suffix", [(EOS, ""), ("!", "_bang")], ids=["pad-endoftext", "pad-bang"])
+def test_clip_tokenizer_cases(pad, suffix):
+    """Every case of clip_tokenizer/cases.json: the BPE symbols, the ids without a limit, and the 77 padded ids."""
+    assert CLIP_CASES, f"no clip_tokenizer/cases.json in {GOLDEN_DIR}"
+    tok = CLIPTokenizer.from_folder(CLIP_DIR, pad=pad)
+    failed = []
+    for case in CLIP_CASES:
+        text = case["text"]
+        got = dict(tokens=tok.tokenize(text), ids=tok.encode(text), ids_77=tok([text])[0].tolist())
+        failed += [f"{case['name']}.{field}" for field, value in got.items() if value != case[field + suffix]]
+    assert not failed, f"{len(failed)} of {3 * len(CLIP_CASES)} differ: {failed[:8]}"
 
 
 def test_inputs_not_modified():

@@ -5,7 +5,7 @@ import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GROUND = {"config", "checkpoints", "ddp", "data", "optim"}
-MODELS = {"tokenizer", "teacher", "generator"}
+MODELS = {"tokenizer", "bert", "maskbit", "maskgit", "teacher", "generator"}
 
 
 def local_imports():

@@ -14,7 +14,8 @@ import soft_refine
 from checkpoints import load_checkpoint
 from config import PRESETS, UserError, runtime
 from soft_refine import Discriminator, mask_entries, relax, soft_embedding, soft_images
-from teacher import LFQBert, MaskTransformer
+from maskbit import LFQBert
+from maskgit import MaskTransformer
 from tokenizer import LFQTokenizer, VQGAN
 
 
@@ -373,3 +374,8 @@ def test_bench_draws_scores_runs_on_the_same_draws(init_run, soft_run, cache, ca
                     str(sigma)])
         row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert row["sigma"] == sigma and (row["fid"] == rows[0]["fid"]) == (sigma == own)
+    # --like-first: the refined run at its start's temperature and sigma (and the start unchanged)
+    bench.main(["draws", "--runs", f"{init_run},{soft_run[0]}", "--first", "0", "--draws", "2", "--n", "20",
+                "--like-first"])
+    start, stage = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines() if line[:1] == "{"]
+    assert start["fid"] == rows[0]["fid"] and (stage["temperature"], stage["sigma"]) == (start["temperature"], own)

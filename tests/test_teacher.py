@@ -6,7 +6,10 @@ import torch
 
 from config import PRESETS, UserError, maskbit_scale_to_w
 from masking import cfg, guidance_at, guided_logits, halton_counts, mask_ratio, random_mask
-from teacher import LFQBert, MaskTransformer, SelfAttention, sample
+from bert import SelfAttention
+from maskbit import LFQBert
+from maskgit import MaskTransformer
+from teacher import sample
 from tokenizer import bits_to_index, combine_tokens, expected_bits, index_to_bits, split_tokens
 
 

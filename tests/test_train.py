@@ -11,7 +11,8 @@ import torch
 from checkpoints import load_model
 from config import PRESETS, UserError
 from data import toy_images
-from teacher import LFQBert, build_teacher
+from maskbit import LFQBert
+from teacher import build_teacher
 from tokenizer import LFQTokenizer, build_tokenizer
 from optim import optimise
 from train import decay_groups, masked_ce, train_teacher, train_tokenizer

@@ -74,6 +74,21 @@ def test_a_tteo_step_is_each_images_own():
     assert (together - e).abs().amax((1, 2)).min() > 1e-4, "every image moved"
 
 
+def test_a_tteo_step_is_plain_gradient_ascent():
+    """e_new = e + lr dR/de exactly (SGD, Soft-Di[M]O Sec. 2.6): not a signed, normalised or clipped step."""
+    teacher, tok = maskbit_pair()
+    gen, tok = make_generator(teacher).eval().requires_grad_(False), tok.requires_grad_(False)
+    labels, g = torch.tensor([0, 1]), torch.Generator().manual_seed(3)
+    e = init_embeddings(gen, token_init(gen, 2, 0.6, g), 0.1, g)
+    rewards = [("brightness", 1.0, brightness)]
+    e_new, _, _ = tteo.tteo_step(gen, tok, e, labels, rewards, 0.7, 0.5, Counter())
+    leaf = e.clone().requires_grad_(True)
+    images = soft_refine.soft_images(tok, torch.softmax(gen.forward_embeddings(leaf, labels).float() / 0.5, -1))
+    grad, = torch.autograd.grad(brightness(images, labels).sum(), leaf)
+    torch.testing.assert_close(e_new, e + 0.7 * grad, rtol=1e-5, atol=1e-7)
+    assert grad.abs().max() < 0.1, "small gradients: a sign step (lr * +-1) could not pass the line above"
+
+
 def test_best_of_one_without_iterations_is_plain_sampling(pair):
     gen, tok = pair
     labels, rewards = torch.tensor([0, 1, 2, 0, 1]), [("brightness", 1.0, brightness)]
