@@ -158,6 +158,8 @@ def sample(model, labels, steps, schedule="arccos", temperature=1.0, randomize_t
     Gumbel noise * randomize_temperature * (1 - progress), progress per ``noise_anneal``, or a uniform random
     number (remask='random').  The last step fills every entry.  An entry once decoded stays decoded, even when
     the sampled id is the mask class (MaskGIT's 1025-way head), as in v1.0, which tracks its mask apart from the ids.
+    labels: class ids [B], or a meissonic.TextCondition (its negative prompt is the unconditional branch, and its
+    ``at_step`` gives the timestep of step i).
     trace: a list that receives (pred [B, N, S], still masked [B, N, S]) after every step but the last."""
     if step_counts not in STEP_COUNTS or noise_anneal not in STEP_COUNTS:
         raise ValueError(f"step_counts and noise_anneal must be one of {STEP_COUNTS}")
@@ -276,6 +278,7 @@ def main_sample(argv=None):
             raise UserError("text-to-image sampling needs --prompt \"...\" (repeat it for several prompts)")
         n = check_range("--n", args.n if args.n is not None else len(args.prompt), low=1)
         res = check_range("--resolution", args.resolution or p["prompt"]["resolution"], low=1)
+        settings, name = sampler_settings(args, p), args.teacher
         teacher, tokenizer, text_tok, text_enc = load_meissonic(args.ckpt, res)
         teacher, tokenizer, text_enc = teacher.to(rt.device), tokenizer.to(rt.device), text_enc.to(rt.device)
         prompts = [args.prompt[i % len(args.prompt)] for i in range(n)]
@@ -291,12 +294,12 @@ def main_sample(argv=None):
         teacher, tokenizer = teacher.to(rt.device), tokenizer.to(rt.device)
         cond = parse_labels(args.labels, n, teacher.nclass).to(rt.device)
         record = dict(labels=cond.tolist(), tokenizer_ckpt=args.tokenizer_ckpt)
-    settings = sampler_settings(args, p)
+        settings, name = sampler_settings(args, p), preset
     gen = torch.Generator(rt.device).manual_seed(args.seed)
     tokens = sample(teacher, cond, generator=gen, **settings)
     save_image_grid(tokens_to_images(teacher, tokenizer, tokens), args.out)
-    record = dict(teacher=args.teacher, teacher_ckpt=args.ckpt, n=n, seed=args.seed, device=str(rt.device),
-                  **record, **settings)
+    record = dict(teacher=name, teacher_ckpt=args.ckpt, n=n, seed=args.seed, device=str(rt.device), **record,
+                  **settings)
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
         json.dump(record, f, indent=1)
     print(f"wrote {args.out} ({n} images, {settings['steps']} steps, guidance w={settings['guidance']:.2f})")

@@ -279,6 +279,13 @@ def test_teacher_sample_cli_bad_input(tiny, tmp_path, args, match):
     with pytest.raises(UserError, match=match):
         teacher_mod.main(["sample", "--teacher", "meissonic", "--teacher-ckpt", tiny, "--resolution", "32",
                           "--out", str(tmp_path / "g.png"), *args])
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_teacher_sample_without_a_checkpoint_says_what_to_pass(tmp_path):
+    with pytest.raises(UserError, match="no bundled toy world yet.*pass --teacher-ckpt, the released folder"):
+        teacher_mod.main(["sample", "--teacher", "meissonic", "--prompt", "a red circle", "--out",
+                          str(tmp_path / "g.png")])
 
 
 # ----------------------------------------------------------------------------------------------------------------
