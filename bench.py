@@ -20,6 +20,8 @@ Each prints JSON lines that the README and docs/ quote; none is a test (they tak
   each run's FID minus the first run's, paired draw by draw, with its standard error.  One draw's FID moves by about
   0.1 from draw to draw, its recall by 0.02-0.05; a run's own metrics.json reports one.
   ``--teacher``: the teacher too (its preset's sampler, samples from the exact cache) and each run's ratio to it.
+  ``--like-first``: every run at the first run's temperature and sigma (a GAN stage against its Di[M]O start at the
+  start's settings, so that the difference read is the stage's, not its tuning's).
 * ``python bench.py full-size --presets maskbit-12bit,maskgit,meissonic``: the full-size architectures on random
   weights (full_size.py says what each measures).
 
