@@ -47,14 +47,14 @@ from config import PRESETS, UserError, get_preset
 FORMAT = "dimo-reference/1"
 
 
-def save_checkpoint(obj, path):
-    """torch.save to a temp file in the same folder, fsync, then rename: a kill leaves the old file intact."""
+def atomic_write(path, write):
+    """write(f) into a temp file in the same folder, fsync, then rename: a kill leaves the old file intact."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -62,6 +62,11 @@ def save_checkpoint(obj, path):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def save_checkpoint(obj, path):
+    """torch.save, written atomically (``atomic_write``)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def fingerprint(*parts):
@@ -236,12 +241,7 @@ def write_safetensors(tensors, path):
         blobs.append(blob)
     text = json.dumps(header).encode()
     text += b" " * (-len(text) % 8)                                 # the format aligns the data to 8 bytes
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
-    with os.fdopen(fd, "wb") as f:
-        f.write(len(text).to_bytes(8, "little") + text + b"".join(blobs))
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(len(text).to_bytes(8, "little") + text + b"".join(blobs)))
 
 
 def read_state_dict(folder, what):
