@@ -233,15 +233,16 @@ def toy_world_rows(steps, profile):
         run_steps(1)
         times = [seconds(run_steps, 1) for _ in range(steps)]
         rows.append(dict(stage=stage, batch_size=batch, step_s=round(float(np.median(times)), 4)))
-        if profile:
-            rows += [dict(stage=stage, **op) for op in top_operators(run_steps, top=8)]
+        if profile:                                                      # over as many steps, at most 5
+            rows += [dict(stage=stage, **op) for op in top_operators(run_steps, min(steps, 5), top=8)]
     return rows
 
 
 def main_toy_world(argv):
     parser = ArgumentParser(prog="bench.py toy-world", description="the toy world's training steps, native and AVX2")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per stage (the median is reported)")
-    parser.add_argument("--profile", action="store_true", help="also each stage's top operators (torch.profiler)")
+    parser.add_argument("--profile", action="store_true", help="also each stage's top operators (torch.profiler, "
+                        "over min(--steps, 5) steps)")
     parser.add_argument("--native-only", action="store_true", help="skip the second run with AVX2 kernels")
     args = parser.parse_args(argv)
     check_range("--steps", args.steps, low=1)

@@ -177,6 +177,30 @@ PRESETS["meissonic"] = dict(
                             "tokenizer/)", tokenizer="(inside the same folder: vqvae/)"),
 )
 
+# The embedded text-to-image default: Meissonic's classes in miniature on the toy scenes (scenes.py; 48 x 48 pixels,
+# a 12 x 12 token grid, 6 x 6 inside the transformer after its 2 x 2 down-sampling), trained by train.py (vq, text,
+# t2i) and shipped as a released-layout folder in assets/ (docs/text_to_image.md: the commands, times, choices).
+# Ours, not Meissonic's: the timestep is 0 in training and sampling (Di[M]O's convention; Meissonic trains on the
+# mask ratio and samples with the step counter, two different scales), the negative prompt is the empty one (the
+# caption-dropout branch), 16 steps by default, CFG w = 2 (the best of 2, 3, 5 on GenEval-toy at seed 1).
+PRESETS["meissonic-toy"] = dict(
+    family="meissonic",
+    generator=dict(num_layers=1, num_single_layers=3, attention_head_dim=32, num_attention_heads=4,
+                   joint_attention_dim=128, pooled_projection_dim=128, axes_dims_rope=[8, 12, 12], vocab_size=257,
+                   codebook_size=256, downsample=True, upsample=True),
+    tokenizer=dict(block_out_channels=[16, 32, 64], down_block_types=["DownEncoderBlock2D"] * 3,
+                   up_block_types=["UpDecoderBlock2D"] * 3, layers_per_block=1, latent_channels=16,
+                   num_vq_embeddings=256, norm_num_groups=8, mid_block_add_attention=False,
+                   lookup_from_codebook=True),
+    text_encoder=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
+                      projection_dim=128, max_position_embeddings=32, hidden_act="quick_gelu", layer_norm_eps=1e-5),
+    sampler=dict(steps=16, schedule="cosine", temperature=1.0, randomize_temperature=2.0, remask="confidence",
+                 guidance=2.0, guidance_anneal="none", scale_pow=1.0, step_counts="maskbit", noise_anneal="halton"),
+    prompt=dict(negative_prompt="", resolution=48, aesthetic=6.0, timestep="zero"),
+    bundled=dict(folder=os.path.join(ASSETS, "meissonic_toy")),
+    released=dict(generator="(bundled) assets/meissonic_toy/", tokenizer="(bundled) assets/meissonic_toy/vqvae/"),
+)
+
 
 def get_preset(name):
     if name not in PRESETS:
@@ -265,4 +289,4 @@ if __name__ == "__main__":
         size = f"D={g['hidden_dim']} depth={g['depth']}" if "hidden_dim" in g else \
             f"D={g['num_attention_heads'] * g['attention_head_dim']} depth={g['num_layers']}+{g['num_single_layers']}"
         print(f"{name:14s} {p['family']:9s} {size} V={g['codebook_size']} "
-              f"sampler={p['sampler']}\n{'':14s} distill={p['distill']}")
+              f"sampler={p['sampler']}\n{'':14s} distill={p.get('distill', '(issue 39)')}")

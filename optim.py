@@ -4,12 +4,14 @@ them imports another trainer: the learning-rate schedule, the EMA of the weights
 * ``lr_at``: linear warm-up, then cosine decay to 10% of the base rate (train.py's toy tokenizer and teacher).
 * ``ema_update``: ema <- d ema + (1 - d) theta with Di[M]O's warm-up d = min(decay, (1 + step) / (10 + step)).
 * ``optimise``: one optimiser step with the gradient norm clipped to 1; a NaN or Inf loss stops with the step named.
+* ``masked_ce``, ``decay_groups``: the masked teachers' loss and AdamW groups (train.py, train_t2i.py); ``psnr``.
 
 Run ``python optim.py`` to print the EMA decay over the first steps.
 """
 import math
 
 import torch
+import torch.nn.functional as F
 
 from config import UserError
 
@@ -37,6 +39,26 @@ def optimise(opt, model, loss, what, step):
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
+
+
+def psnr(a, b):
+    """Mean PSNR in dB of images in [0, 1]."""
+    mse = ((a.clamp(0, 1) - b) ** 2).flatten(1).mean(1)
+    return (10 * torch.log10(1 / mse.clamp_min(1e-10))).mean().item()
+
+
+def masked_ce(logits, targets, mask, label_smoothing=0.1):
+    """Cross-entropy of logits [B, N, S, V] against targets [B, N, S] over the masked entries only (ours; MaskBit's
+    MLMLoss averages over all entries)."""
+    return F.cross_entropy(logits[mask], targets[mask], label_smoothing=label_smoothing)
+
+
+def decay_groups(model, weight_decay=0.045):
+    """AdamW parameter groups: matrices decay, embeddings (pos_emb, class_emb) and 1-D parameters do not (ours;
+    MaskBit decays every parameter)."""
+    decays = {n: p.dim() >= 2 and "emb" not in n for n, p in model.named_parameters()}
+    return [dict(params=[p for n, p in model.named_parameters() if decays[n]], weight_decay=weight_decay),
+            dict(params=[p for n, p in model.named_parameters() if not decays[n]], weight_decay=0.0)]
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ masking.py.
 Shapes: B batch, N tokens (h*w), S splits, V classes per split, D width, F input-feature width.
 
 Run: ``python teacher.py sample --teacher maskbit --steps 64 --out grid.png`` (add ``--ckpt G.bin
---tokenizer-ckpt T.bin`` for a released pair); ``python teacher.py sample --teacher meissonic --teacher-ckpt DIR
---prompt "two red circles left of a blue square"`` (DIR: the released MeissonFlow/Meissonic folder).
+--tokenizer-ckpt T.bin`` for a released pair); ``python teacher.py sample --teacher meissonic --prompt "two red
+circles left of a blue square"`` (the bundled toy world; ``--teacher-ckpt DIR`` for the released MeissonFlow/Meissonic
+folder).
 """
 import json
 import os
@@ -95,6 +96,40 @@ def load_meissonic(folder, resolution, verbose=True):
     return transformer.requires_grad_(False), vq.requires_grad_(False), tok, text.requires_grad_(False)
 
 
+# A family's name given without checkpoints means its bundled toy world, said in one line.
+TOY_DEFAULTS = {
+    "maskbit": ("maskbit-toy", "--teacher maskbit without checkpoints uses the bundled toy MaskBit pair (preset "
+                "maskbit-toy); for the released 12-bit pair pass --teacher-ckpt maskbit_generator_12bit.bin "
+                "--tokenizer-ckpt maskbit_tokenizer_12bit.bin"),
+    "meissonic": ("meissonic-toy", "--teacher meissonic without --teacher-ckpt uses the bundled toy world (preset "
+                  "meissonic-toy, assets/meissonic_toy/); for the released model pass --teacher-ckpt, the "
+                  "MeissonFlow/Meissonic folder"),
+}
+
+
+def toy_default(preset, verbose=True):
+    """-> (preset name, preset): the bundled toy world's for a family name in TOY_DEFAULTS, else preset's own."""
+    p = get_preset(preset)
+    toy, note = TOY_DEFAULTS.get(preset, (None, None))
+    if toy is None or "bundled" not in PRESETS.get(toy, {}):
+        return preset, p
+    if verbose:
+        print("note: " + note)
+    return toy, PRESETS[toy]
+
+
+def text_to_image_folder(preset, folder=None, verbose=True):
+    """-> (resolved preset name, folder).  Without a folder, ``meissonic`` means the bundled toy world (preset
+    meissonic-toy), said in one line, as ``--teacher maskbit`` means the toy MaskBit pair."""
+    if folder is not None:
+        get_preset(preset)
+        return preset, folder
+    preset, p = toy_default(preset, verbose)
+    if "bundled" not in p:
+        raise UserError(f"preset '{preset}' has no bundled weights: pass --teacher-ckpt ({p['released']['generator']})")
+    return preset, p["bundled"]["folder"]
+
+
 def micro_conds(resolution, aesthetic):
     """The pipeline's micro-conditions: (width, height, crop top, crop left, aesthetic score)."""
     return [float(resolution), float(resolution), 0.0, 0.0, float(aesthetic)]
@@ -107,6 +142,10 @@ def prompt_condition(tokenizer, encoder, prompts, negative_prompt, micro_conds, 
     if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
         raise UserError("a prompt is empty: pass --prompt \"two red circles left of a blue square\"")
     device = next(encoder.parameters()).device
+    unknown = sorted({w for prompt in prompts for w in tokenizer.unknown_words(prompt)})
+    if unknown:
+        print(f"note: the toy vocabulary has never seen {', '.join(repr(w) for w in unknown[:8])}: they are encoded "
+              f"by their bytes and mean nothing to this teacher (its words: {tokenizer.known_path})")
     hidden, pooled = encode_prompts(tokenizer, encoder, prompts, device)
     neg_hidden, neg_pooled = encode_prompts(tokenizer, encoder, [negative_prompt or ""] * len(prompts), device)
     micro = torch.tensor([list(map(float, micro_conds))] * len(prompts), device=device)   # [B, 5]
@@ -124,12 +163,7 @@ def load_pair(preset, teacher_ckpt=None, tokenizer_ckpt=None, verbose=True):
         raise UserError(f"--teacher-ckpt '{teacher_ckpt}' is a folder, but preset '{preset}' takes a weights file; "
                         f"a released text-to-image folder goes with --teacher meissonic")
     if teacher_ckpt is None and tokenizer_ckpt is None:
-        if preset == "maskbit" and "bundled" in PRESETS.get("maskbit-toy", {}):
-            if verbose:
-                print("note: --teacher maskbit without checkpoints uses the bundled toy MaskBit pair "
-                      "(preset maskbit-toy); for the released 12-bit pair pass --teacher-ckpt "
-                      "maskbit_generator_12bit.bin --tokenizer-ckpt maskbit_tokenizer_12bit.bin")
-            preset, p = "maskbit-toy", PRESETS["maskbit-toy"]
+        preset, p = toy_default(preset, verbose)
         if "bundled" not in p:
             raise UserError(f"preset '{preset}' has no bundled weights: pass --teacher-ckpt (released: "
                             f"{p['released']['generator']}) and --tokenizer-ckpt ({p['released']['tokenizer']})")
@@ -271,15 +305,14 @@ def main_sample(argv=None):
     rt = runtime(args.device)
     p = get_preset(args.teacher)
     if p["family"] == "meissonic":
-        if args.ckpt is None:
-            raise UserError(f"--teacher {args.teacher} has no bundled toy world yet (issue 'Text-to-image, part 2'): "
-                            f"pass --teacher-ckpt, the released folder ({p['released']['generator']})")
         if not args.prompt:
             raise UserError("text-to-image sampling needs --prompt \"...\" (repeat it for several prompts)")
+        name, folder = text_to_image_folder(args.teacher, args.ckpt)
+        p = get_preset(name)
         n = check_range("--n", args.n if args.n is not None else len(args.prompt), low=1)
         res = check_range("--resolution", args.resolution or p["prompt"]["resolution"], low=1)
-        settings, name = sampler_settings(args, p), args.teacher
-        teacher, tokenizer, text_tok, text_enc = load_meissonic(args.ckpt, res)
+        settings = sampler_settings(args, p)
+        teacher, tokenizer, text_tok, text_enc = load_meissonic(folder, res)
         teacher, tokenizer, text_enc = teacher.to(rt.device), tokenizer.to(rt.device), text_enc.to(rt.device)
         prompts = [args.prompt[i % len(args.prompt)] for i in range(n)]
         negative = p["prompt"]["negative_prompt"] if args.negative_prompt is None else args.negative_prompt

@@ -132,7 +132,7 @@ class CLIPTokenizer:
         self.ranks = {tuple(line.split()): rank for rank, line in enumerate(lines)}
         self.specials = (BOS, EOS) + (("!",) if pad == "!" else ())
         self.bos, self.eos, self.pad_id = vocab[BOS], vocab[EOS], vocab[pad]
-        self.cache, self.warned = {}, False
+        self.cache, self.warned, self.known, self.known_path = {}, False, None, None
 
     @classmethod
     def from_folder(cls, folder, pad=None, max_length=77):
@@ -155,7 +155,20 @@ class CLIPTokenizer:
             vocab = json.load(f)
         with open(paths["merges.txt"], encoding="utf-8") as f:
             merges = f.read()
-        return cls(vocab, merges, pad, max_length)
+        tok = cls(vocab, merges, pad, max_length)
+        known = os.path.join(folder, "captions.txt")                    # a toy world's: the captions it learned
+        if os.path.isfile(known):
+            with open(known, encoding="utf-8") as f:
+                tok.known = {chunk for line in f for chunk in presplit(normalise(line))}
+            tok.known_path = known
+        return tok
+
+    def unknown_words(self, text):
+        """The words of text that the captions behind this vocabulary never held (a toy world's tokenizer folder
+        lists them in captions.txt; a released CLIP vocabulary has no such list: nothing is unknown)."""
+        if self.known is None:
+            return []
+        return [c for c in presplit(normalise(text)) if c not in self.known]
 
     def bpe(self, chunk):
         """One pre-split chunk -> BPE symbols: its bytes' stand-ins, '</w>' on the last, then the lowest-ranked

@@ -37,15 +37,10 @@ from checkpoints import cached, fingerprint, load_model, own_checkpoint, save_ch
 from config import ArgumentParser, UserError, check_range, get_preset, runtime
 from data import data_key, load_images
 from masking import random_mask
-from optim import ema_update, lr_at, optimise
+from optim import decay_groups, ema_update, lr_at, masked_ce, optimise, psnr
 from teacher import build_teacher
 from tokenizer import LFQTokenizer, build_tokenizer
-
-
-def psnr(a, b):
-    """Mean PSNR in dB of images in [0, 1]."""
-    mse = ((a.clamp(0, 1) - b) ** 2).flatten(1).mean(1)
-    return (10 * torch.log10(1 / mse.clamp_min(1e-10))).mean().item()
+from train_t2i import COMMANDS as T2I_COMMANDS
 
 
 def common_args(parser):
@@ -165,20 +160,6 @@ def real_tokens(tokenizer, teacher, data, cache_dir, device, save=True):
     return tokens, labels
 
 
-def masked_ce(logits, targets, mask, label_smoothing=0.1):
-    """Cross-entropy of logits [B, N, S, V] against targets [B, N, S] over the masked entries only (ours; MaskBit's
-    MLMLoss averages over all entries)."""
-    return F.cross_entropy(logits[mask], targets[mask], label_smoothing=label_smoothing)
-
-
-def decay_groups(model, weight_decay=0.045):
-    """AdamW parameter groups: matrices decay, embeddings (pos_emb, class_emb) and 1-D parameters do not (ours;
-    MaskBit decays every parameter)."""
-    decays = {n: p.dim() >= 2 and "emb" not in n for n, p in model.named_parameters()}
-    return [dict(params=[p for n, p in model.named_parameters() if decays[n]], weight_decay=weight_decay),
-            dict(params=[p for n, p in model.named_parameters() if not decays[n]], weight_decay=0.0)]
-
-
 def train_teacher(model, tokens, labels, steps, batch_size, lr, warmup, label_dropout=0.1, label_smoothing=0.1,
                   ema_decay=0.999, gen=None, device="cpu", progress=True, autocast=contextlib.nullcontext):
     """Stage II loop on tokens [n, N, S] with labels [n]; returns (EMA copy of the model, loss of every step).
@@ -253,8 +234,8 @@ def main_teacher(argv=None):
 
 
 def main(argv):
-    """python train.py tokenizer|teacher ..."""
-    commands = {"tokenizer": main_tokenizer, "teacher": main_teacher}
+    """python train.py tokenizer|teacher ... (class-to-image) or vq|text|t2i ... (text-to-image: train_t2i.py)"""
+    commands = {"tokenizer": main_tokenizer, "teacher": main_teacher, **T2I_COMMANDS}
     if not argv or argv[0] not in commands:
         raise UserError(f"usage: python train.py {{{','.join(commands)}}} [--help]")
     return commands[argv[0]](argv[1:])

@@ -161,7 +161,7 @@ CASES = [  # (id, argv with {d} for the fixture folder, a fragment the message m
     ("tteo unknown command", ["tteo.py", "smaple"], "unknown command 'smaple'"),
     ("teacher train moved", ["teacher.py", "train", "--data", "toy"], "is 'python train.py teacher ...'"),
     ("tokenizer train moved", ["tokenizer.py", "train"], "training is 'python train.py tokenizer ...'"),
-    ("train no command", ["train.py"], "usage: python train.py {tokenizer,teacher}"),
+    ("train no command", ["train.py"], "usage: python train.py {tokenizer,teacher,vq,text,t2i}"),
     ("tteo no run", ["tteo.py", "sample", "--run", "{d}/no_run"], "does not exist"),
     ("tteo best-of 0", ["tteo.py", "sample", "--run", "{d}/dimo", "--best-of", "0"], "--best-of = 0"),
     ("tteo iters negative", ["tteo.py", "sample", "--run", "{d}/dimo", "--iters", "-1"], "--iters = -1"),

@@ -282,8 +282,13 @@ def test_teacher_sample_cli_bad_input(tiny, tmp_path, args, match):
     assert not (tmp_path / "g.png").exists()
 
 
-def test_teacher_sample_without_a_checkpoint_says_what_to_pass(tmp_path):
-    with pytest.raises(UserError, match="no bundled toy world yet.*pass --teacher-ckpt, the released folder"):
+def test_without_a_checkpoint_meissonic_means_the_toy_world_and_no_world_says_what_to_pass(tmp_path, monkeypatch):
+    from config import PRESETS
+    assert teacher_mod.text_to_image_folder("meissonic", verbose=False) == \
+        ("meissonic-toy", PRESETS["meissonic-toy"]["bundled"]["folder"])
+    assert teacher_mod.text_to_image_folder("meissonic", "DIR") == ("meissonic", "DIR")
+    monkeypatch.delitem(PRESETS["meissonic-toy"], "bundled")
+    with pytest.raises(UserError, match="has no bundled weights: pass --teacher-ckpt"):
         teacher_mod.main(["sample", "--teacher", "meissonic", "--prompt", "a red circle", "--out",
                           str(tmp_path / "g.png")])
 
