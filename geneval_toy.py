@@ -65,8 +65,7 @@ COLOUR_NAMES = tuple(COLOURS)
 # The detector.
 # ----------------------------------------------------------------------------------------------------------------
 def colour_map(images):
-    """images [B, 3, H, W] in [0, 1] -> (colour index per pixel [B, H, W] (-1: background), its blend weight a
-    [B, H, W]).  An edge pixel is a
+    """images [B, 3, H, W] in [0, 1] -> colour index per pixel [B, H, W] (-1: background).  An edge pixel is a
     blend bg + a (c - bg) of the background and its object's colour c, so each pixel is projected on the segment
     from the background to every named colour: the colour of the nearest segment names it, and it is an object's
     pixel when its blend weight a there is above one half."""
@@ -77,7 +76,7 @@ def colour_map(images):
     residual = ((px - bg - a[..., None] * direction) ** 2).sum(-1)              # [B, H, W, C]
     nearest = residual.argmin(-1)                                               # [B, H, W]
     weight = a.gather(-1, nearest[..., None])[..., 0]
-    return torch.where(weight > 0.5, nearest, torch.full_like(nearest, -1)), weight
+    return torch.where(weight > 0.5, nearest, torch.full_like(nearest, -1))
 
 
 def components(colours):
@@ -117,7 +116,7 @@ def shape_scores(mask):
 def detect(images, threshold=THRESHOLD):
     """images [B, 3, H, W] -> per image {class: [(box (x0, y0, x1, y1), confidence, colour), ...]}, each list
     sorted by confidence, highest first (GenEval's order)."""
-    colours = colour_map(images)[0]
+    colours = colour_map(images)
     ids = components(colours).numpy()
     colours = colours.numpy()
     out = []
