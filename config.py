@@ -182,7 +182,7 @@ PRESETS["meissonic"] = dict(
 # t2i) and shipped as a released-layout folder in assets/ (docs/text_to_image.md: the commands, times, choices).
 # Ours, not Meissonic's: the timestep is 0 in training and sampling (Di[M]O's convention; Meissonic trains on the
 # mask ratio and samples with the step counter, two different scales), the negative prompt is the empty one (the
-# caption-dropout branch), 16 steps by default, CFG w = 2 (the best of 2, 3, 5 on GenEval-toy at seed 1).
+# caption-dropout branch), 16 steps by default, CFG w = 5 (the best of 2, 3, 5, 7, 9, 12 on GenEval-toy at seed 1).
 PRESETS["meissonic-toy"] = dict(
     family="meissonic",
     generator=dict(num_layers=1, num_single_layers=3, attention_head_dim=32, num_attention_heads=4,
@@ -195,7 +195,7 @@ PRESETS["meissonic-toy"] = dict(
     text_encoder=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
                       projection_dim=128, max_position_embeddings=32, hidden_act="quick_gelu", layer_norm_eps=1e-5),
     sampler=dict(steps=16, schedule="cosine", temperature=1.0, randomize_temperature=2.0, remask="confidence",
-                 guidance=2.0, guidance_anneal="none", scale_pow=1.0, step_counts="maskbit", noise_anneal="halton"),
+                 guidance=5.0, guidance_anneal="none", scale_pow=1.0, step_counts="maskbit", noise_anneal="halton"),
     prompt=dict(negative_prompt="", resolution=48, aesthetic=6.0, timestep="zero"),
     bundled=dict(folder=os.path.join(ASSETS, "meissonic_toy")),
     released=dict(generator="(bundled) assets/meissonic_toy/", tokenizer="(bundled) assets/meissonic_toy/vqvae/"),

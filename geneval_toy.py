@@ -35,7 +35,7 @@ evaluation_metadata.jsonl, so that a user with a GPU scores a released model wit
 
 Run: ``python geneval_toy.py detector`` (accuracy on ground-truth renders per task, and on renders with a deliberate
 error, which must fail); ``python geneval_toy.py tokenizer`` (the same renders through the VQ model: the ceiling of
-any teacher on it); ``python geneval_toy.py metadata --out evaluation_metadata.jsonl``.
+any teacher on it; and what its ids leave the teacher: ``token_report``); ``python geneval_toy.py metadata --out evaluation_metadata.jsonl``.
 """
 import json
 import os
@@ -43,6 +43,7 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from checkpoints import atomic_write
 from config import ArgumentParser, UserError, check_range, get_preset
@@ -50,7 +51,7 @@ from data import save_image_grid, to_uint8
 from eval import frechet_distance
 from teacher import add_sampler_args, load_meissonic, micro_conds, prompt_condition, sample, sampler_settings
 from teacher import text_to_image_folder, tokens_to_images
-from train_t2i import load_image_tower
+from train_t2i import background_patches, entropy_bits, load_image_tower
 
 from scenes import (BACKGROUND, COLOURS, EXTENT, RELATIONS, SHAPES, SIZE, TASKS, geneval_metadata, relative_position,
                     render_batch, scene_for, shape_mask)
@@ -317,6 +318,27 @@ def teacher_table(t2i, metas, steps_list, settings, per_prompt, seed):
     return rows
 
 
+def token_report(t2i, renders, prompts, seed, ratios=(0.1, 0.5, 0.9)):
+    """What the VQ model's ids leave the teacher: the entropy (bits) of the ids of plain-background patches, and the
+    teacher's masked cross-entropy (nats) on plain and on object patches with a share ``ratio`` of ids masked."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        ids = torch.cat([t2i.vq.encode(x)[1] for x in renders.split(200)]).flatten(1)   # [B, h, w] -> [B, N]
+        plain = background_patches(renders, t2i.vq.factor).view_as(ids)                # [B, N]
+        report = dict(plain_share=round(plain.float().mean().item(), 3),
+                      plain_code_bits=round(entropy_bits(ids[plain]), 3))
+        cond = prompt_condition(t2i.tok, t2i.enc, prompts, t2i.p["prompt"]["negative_prompt"], t2i.micro, False)
+        keep = torch.zeros(len(ids), dtype=torch.bool)
+        for ratio in ratios:
+            mask = torch.rand(ids.shape, generator=gen) < ratio                          # [B, N]
+            x_t = torch.where(mask, t2i.model.mask_id, ids)[..., None]                   # [B, N] -> [B, N, 1]
+            logits = t2i.model.logits(x_t, cond, keep)[:, :, 0].float()                  # [B, N, K]
+            ce = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none")          # [B, N]
+            report[f"ce_plain@{ratio}"] = round(ce[mask & plain].mean().item(), 3)
+            report[f"ce_object@{ratio}"] = round(ce[mask & ~plain].mean().item(), 3)
+    return report
+
+
 def print_table(rows):
     for split in ("seen", "held-out"):
         tasks = [t for t in TASKS if t in rows[0].get(split, {})]
@@ -369,6 +391,9 @@ def main(argv=None):
                         f"(meissonic)")
     t2i = T2I(a.teacher, a.teacher_ckpt)
     settings = sampler_settings(a, t2i.p)
+    if a.command in ("tokenizer", "teacher") and t2i.resolution != SIZE:
+        raise UserError(f"{a.command} scores the toy world's {SIZE} px scenes, but preset {t2i.preset} samples at "
+                        f"{t2i.resolution} px: for a toy-world folder pass --teacher meissonic-toy --teacher-ckpt DIR")
     if a.command == "tokenizer":                                         # the VQ model's ceiling on the table
         reps = [m for m in metas for _ in range(a.per_prompt)]
         rng = np.random.default_rng(a.seed)
@@ -377,6 +402,7 @@ def main(argv=None):
             recon = torch.cat([t2i.vq.decode(t2i.vq.encode(x)[1]).clamp(0, 1) for x in renders.split(200)])
         for name, images in (("renders", renders), ("VQ reconstructions", recon)):
             print(name, json.dumps(summarise(reps, score_images(images, reps))))
+        print("tokens", json.dumps(token_report(t2i, renders, [m["prompt"] for m in reps], a.seed)))
         return
     if a.command == "sample":
         if not a.geneval_out:

@@ -6,7 +6,8 @@ config.json and .safetensors), so ``teacher.load_meissonic`` loads it exactly as
 
 1. ``python train.py vq --out DIR``: diffusers' VQModel (vq_model.py) as a VQ-VAE: reconstruction L1 + L2 of the
    decoded straight-through latents, codebook and commitment terms (beta 0.25), unused codes restarted from
-   encoder outputs every 200 steps (ours).  No perceptual or GAN loss at this size.
+   encoder outputs every 200 steps; and, ours, for a teacher that can predict its tokens: plain-background patches
+   pulled to one latent and kept on one code (``train_vq`` says why).  No perceptual or GAN loss at this size.
 2. ``python train.py text --out DIR``: a byte-level BPE vocabulary learned on the training captions (CLIP's format:
    256 byte symbols, the same with '</w>', the merges in order, start and end of text), then CLIP's text transformer
    (text_encoder.py) trained contrastively against a small convolutional image tower on (render, caption) pairs, as
@@ -39,7 +40,7 @@ from config import ArgumentParser, UserError, check_range, get_preset
 from masking import random_mask
 from meissonic import MeissonicTransformer, TextCondition
 from optim import decay_groups, ema_update, lr_at, masked_ce, optimise, psnr
-from scenes import training_batch
+from scenes import BACKGROUND, training_batch
 from teacher import load_meissonic
 from text_encoder import BOS, BYTE_SYMBOLS, EOS, CLIPTextEncoder, CLIPTokenizer, encode_prompts, normalise, presplit
 from vq_model import VQModel
@@ -82,11 +83,41 @@ def check_stage(a):
 # ----------------------------------------------------------------------------------------------------------------
 # 1. The VQ model.
 # ----------------------------------------------------------------------------------------------------------------
-def train_vq(vq, images, steps, batch_size, lr, warmup, gen, beta=0.25, restart_every=200, progress=True):
-    """VQ-VAE training of a VQModel on images [n, 3, H, W] in [0, 1]; returns the loss of every step."""
+def background_patches(images, factor):
+    """images [B, 3, H, W] -> [B h w] True where a token's f x f patch is plain background (scenes.BACKGROUND)."""
+    patch = images.unfold(2, factor, factor).unfold(3, factor, factor)         # [B, 3, h, w, f, f]
+    plain = (patch - torch.tensor(BACKGROUND).view(1, 3, 1, 1, 1, 1)).abs().amax((1, 4, 5)) < 1e-6  # [B, h, w]
+    return plain.flatten()
+
+
+def entropy_bits(ids):
+    """The entropy in bits of the empirical distribution of ids (a 1-d integer tensor)."""
+    p = torch.bincount(ids).float()
+    p = p[p > 0] / p.sum()
+    return float(-(p * p.log2()).sum())
+
+
+def codes_to_restart(usage, plain_usage):
+    """Code uses [K] and their uses by plain patches [K] since the last restart -> the ids to restart: the unused
+    codes, and the codes used mostly by plain patches but the one plain patches use most."""
+    crowd = plain_usage > usage / 2
+    crowd[plain_usage.argmax()] = False
+    return ((usage == 0) | crowd).nonzero()[:, 0]
+
+
+def train_vq(vq, images, steps, batch_size, lr, warmup, gen, beta=0.25, background_weight=1.0, restart_every=200,
+             progress=True):
+    """VQ-VAE training of a VQModel on images [n, 3, H, W] in [0, 1]; returns the loss of every step.
+    ``background_weight``: the weight of a pull of plain-background patches' latents to their batch mean (ours):
+    the encoder sees far past its patch (and group norm sees the whole image), so without it a plain patch's latent
+    moves with the objects around it and lands on any of ~240 near-equal codes, which the teacher cannot predict
+    even from 90% of the other tokens (docs/text_to_image.md).  For the same reason plain patches keep one code: at
+    each restart the codes used mostly by plain patches, but the most used of them, restart with the dead ones.
+    ``background_weight`` 0 treats plain patches as any other (no pull, no one-code rule)."""
     vq.train()
     opt = torch.optim.Adam(vq.parameters(), lr=lr)
-    codebook, usage, losses = vq.quantize.embedding.weight, torch.zeros(vq.codebook_size), []
+    codebook, losses = vq.quantize.embedding.weight, []
+    usage, plain_usage = torch.zeros(vq.codebook_size), torch.zeros(vq.codebook_size)
     for step in tqdm(range(steps), desc="vq", mininterval=2, disable=not progress):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup)
@@ -100,33 +131,49 @@ def train_vq(vq, images, steps, batch_size, lr, warmup, gen, beta=0.25, restart_
         recon = vq.decode_latents(st)
         loss = (recon - x).abs().mean() + F.mse_loss(recon, x) + F.mse_loss(q, flat.detach()) \
             + beta * F.mse_loss(flat, q.detach())
+        is_plain = background_patches(x, vq.factor)                               # [Bhw]
+        plain_usage += torch.bincount(ids[is_plain], minlength=vq.codebook_size)
+        plain = flat[is_plain]                                                    # [n_plain, C]
+        if background_weight and len(plain):
+            loss = loss + background_weight * (plain - plain.mean(0).detach()).pow(2).sum(-1).mean()
         optimise(opt, vq, loss, "vq", step)
         losses.append(loss.item())
         if (step + 1) % restart_every == 0 and step + 1 < steps:                # dead codes: from encoder outputs
-            dead = (usage == 0).nonzero()[:, 0]
-            with torch.no_grad():
-                codebook[dead] = flat.detach()[torch.randint(len(flat), (len(dead),), generator=gen)]
+            dead = codes_to_restart(usage, plain_usage) if background_weight else (usage == 0).nonzero()[:, 0]
+            # drawn in proportion to their quantisation error: drawn uniformly they are mostly background, and
+            # near-copies of the background code make a blank patch's id a coin toss the teacher must learn
+            err = (flat - q).detach().pow(2).sum(-1)                               # [Bhw]
+            if len(dead) and err.sum() > 0:
+                with torch.no_grad():
+                    codebook[dead] = flat.detach()[torch.multinomial(err, len(dead), True, generator=gen)]
             usage.zero_()
+            plain_usage.zero_()
     return losses
 
 
 def main_vq(argv=None):
-    a = stage_args("vq", "train the toy VQ model (Meissonic's VQModel class)", 2000, 16, 1e-3, 20000).parse_args(argv)
+    p = stage_args("vq", "train the toy VQ model (Meissonic's VQModel class)", 2000, 16, 1e-3, 20000)
+    p.add_argument("--background-weight", type=float, default=1.0,
+                   help="pull plain-background latents together and keep them on one code (0: off; train_vq says why)")
+    a = p.parse_args(argv)
     gen = check_stage(a)
+    check_range("--background-weight", a.background_weight, low=0)
     config = dict(_class_name="VQModel", in_channels=3, out_channels=3, act_fn="silu", norm_type="group",
                   vq_embed_dim=None, sample_size=48, **get_preset(PRESET)["tokenizer"])
     vq = VQModel(**config)
     images, _, _ = training_batch(a.scenes, TRAIN_SEED + a.seed)
     held, _, _ = training_batch(min(500, a.scenes), TRAIN_SEED + 1000 + a.seed)
     t0 = time.time()
-    losses = train_vq(vq, images, a.steps, a.batch_size, a.lr, a.warmup, gen)
+    losses = train_vq(vq, images, a.steps, a.batch_size, a.lr, a.warmup, gen, background_weight=a.background_weight)
     vq.eval()
     with torch.no_grad():
         ids = vq.encode(held)[1]
         recon = vq.decode(ids).clamp(0, 1)
     stats = dict(command="python train.py vq " + " ".join(argv or []), seconds=round(time.time() - t0, 1),
                  final_loss=round(losses[-1], 4), psnr_held_out=round(psnr(recon, held), 2),
-                 codes_used_held_out=int(ids.unique().numel()), steps=a.steps, seed=a.seed)
+                 codes_used_held_out=int(ids.unique().numel()),
+                 plain_patch_code_bits=round(entropy_bits(ids.flatten()[background_patches(held, vq.factor)]), 3),
+                 background_weight=a.background_weight, steps=a.steps, seed=a.seed)
     write_part(a.out, "vqvae", config, vq, stats)
     print(f"wrote {a.out}/vqvae: {stats}")
 

@@ -333,6 +333,16 @@ def handout(out, chosen, root=ROOT):
             f.write(blank(source, a.function, message(a)))
 
 
+def tally(output, returncode):
+    """pytest -q's output and exit code -> (passed, total).  An interrupted run (a collection error, a typo in a node
+    id ...) counts as at least one test, never a pass."""
+    summary = next((line for line in reversed(output.splitlines()) if re.search(r" in [\d.]+s\b", line)), "")
+    counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|errors?)\b", summary)}
+    passed = counts.get("passed", 0)
+    total = passed + counts.get("failed", 0) + counts.get("error", 0) + counts.get("errors", 0)
+    return passed, max(total, 1) if returncode not in (0, 1) else total
+
+
 def run_tests(folder, node_ids, env=None, timeout=600):
     """python -m pytest -q node_ids in folder -> (passed, total, output).  No bytecode is written: a blanked file
     and its original can share size and mtime, and a stale .pyc would hide the change.  The project's tests need no
@@ -344,13 +354,7 @@ def run_tests(folder, node_ids, env=None, timeout=600):
     except subprocess.TimeoutExpired:
         return 0, 0, f"timed out after {timeout} s"
     output = proc.stdout + proc.stderr
-    summary = next((line for line in reversed(output.splitlines()) if re.search(r" in [\d.]+s\b", line)), "")
-    counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|errors?)\b", summary)}
-    passed = counts.get("passed", 0)
-    total = passed + counts.get("failed", 0) + counts.get("error", 0) + counts.get("errors", 0)
-    if proc.returncode not in (0, 1):                                    # interrupted: a collection error, a typo ...
-        total = max(total, 1)                                            # ... in a node id: never a pass
-    return passed, total, output
+    return (*tally(output, proc.returncode), output)
 
 
 def grade(folder, chosen):

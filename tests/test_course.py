@@ -3,12 +3,16 @@
 For every assignment, on copies made by the tool itself: its grading tests pass on this repository, every one of
 them fails on a handout that blanks that function alone, and fails with that assignment's NotImplementedError (not
 an import or collection error); each plausible wrong solution listed beside it, applied as a text substitution
-inside the function, is rejected.  The grading runs are subprocesses, two at a time (CI has two cores), one
-thread each.  Also: blanking keeps decorators, signature and docstring; bad ids and folders are one-line errors;
+inside the function, is rejected.  The reference run is ``course.run_tests`` (a subprocess, as ``grade`` runs); the
+forty handout runs are pytest in processes forked from a server that has torch imported already (importing it was
+most of each run's time), two at a time (CI has two cores), one thread each.  Also: blanking keeps decorators, signature and docstring; bad ids and folders are one-line errors;
 docs/course.md lists the assignments as ``list --markdown`` prints them.
 """
+import multiprocessing
 import os
 import re
+import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -30,9 +34,45 @@ def substitute(source, name, old, new):
     return "".join(lines[:first]) + body.replace(old, new) + "".join(lines[end:])
 
 
+def pytest_in_fork(conn, folder, node_ids):
+    """The body of a forked worker: pytest -q node_ids in folder, its output and exit code sent back on conn."""
+    import torch
+    torch.set_num_threads(1)
+    os.environ.update(ENV)
+    sys.dont_write_bytecode = True                          # as run_tests: a stale .pyc could hide a blanked body
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") not in (ROOT, os.path.join(ROOT, "tests"))]
+    os.chdir(folder)
+    with tempfile.TemporaryFile("w+") as out:
+        os.dup2(out.fileno(), 1)
+        os.dup2(out.fileno(), 2)
+        code = pytest.main(["-q", "--tb=short", "-p", "no:cacheprovider", *node_ids])
+        sys.stdout.flush()
+        sys.stderr.flush()
+        out.seek(0)
+        conn.send((out.read(), int(code)))
+
+
+def forked_run(folder, node_ids, timeout=600):
+    """course.run_tests's answer, (passed, total, output), from a worker forked off the torch-loaded server."""
+    ctx = multiprocessing.get_context("forkserver")
+    receive, send = ctx.Pipe(False)
+    worker = ctx.Process(target=pytest_in_fork, args=(send, folder, list(node_ids)))
+    worker.start()
+    send.close()
+    try:
+        output, code = receive.recv() if receive.poll(timeout) else (f"no answer after {timeout} s", 2)
+    except EOFError:
+        output, code = "the worker died before answering", 2
+    worker.join(10)
+    if worker.is_alive():
+        worker.kill()
+        worker.join()
+    return (*course.tally(output, code), output)
+
+
 def blanked_run(folder, a):
     course.handout(folder, [a])
-    return course.run_tests(folder, a.tests, ENV)
+    return forked_run(folder, a.tests)
 
 
 def wrong_run(folder, a, k):
@@ -41,7 +81,7 @@ def wrong_run(folder, a, k):
     source = open(path).read()
     with open(path, "w") as f:
         f.write(substitute(source, a.function, *a.wrong[k][:2]))
-    return course.run_tests(folder, a.tests, ENV)
+    return forked_run(folder, a.tests)
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +93,7 @@ def results(tmp_path_factory):
     jobs.update({("blank", a.id): (lambda a=a: blanked_run(str(tmp / f"blank-{a.id}"), a)) for a in course.ASSIGNMENTS})
     jobs.update({("wrong", a.id, k): (lambda a=a, k=k: wrong_run(str(tmp / f"wrong-{a.id}-{k}"), a, k))
                  for a, k in WRONG})
+    multiprocessing.get_context("forkserver").set_forkserver_preload(["torch", "numpy", "pytest"])
     with ThreadPoolExecutor(2) as pool:
         futures = {key: pool.submit(job) for key, job in jobs.items()}
     return {key: future.result() for key, future in futures.items()}

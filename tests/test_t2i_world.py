@@ -15,7 +15,7 @@ import scenes
 from config import PRESETS, UserError
 from teacher import load_meissonic, main_sample
 from text_encoder import EOS, CLIPTokenizer
-from train_t2i import learn_bpe
+from train_t2i import background_patches, codes_to_restart, entropy_bits, learn_bpe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLED = PRESETS["meissonic-toy"]["bundled"]["folder"]
@@ -174,6 +174,26 @@ def test_the_three_stages_write_a_meissonic_folder_that_loads_strictly(tmp_path,
             assert json.load(f)["steps"] == 2
 
 
+def test_plain_patches_keep_one_code_at_a_restart():
+    image = torch.from_numpy(scenes.render([("square", "red", 10.0, 10.0, 6.0)]))[None]   # pixels 4-15 red
+    plain = background_patches(image, 4).view(12, 12)                           # [144] -> [12, 12]
+    assert plain.sum() == 144 - 9 and not plain[1:4, 1:4].any()
+    usage = torch.tensor([0., 10, 8, 6, 5, 4])
+    plain_usage = torch.tensor([0., 1, 8, 5, 2, 3])                              # codes 2, 3, 5: mostly plain
+    assert codes_to_restart(usage, plain_usage).tolist() == [0, 3, 5]           # unused, and plain but code 2
+
+
+@pytest.mark.skipif(not os.path.isdir(BUNDLED), reason="the bundled toy world is not in assets/")
+def test_token_report_reads_the_ids_the_teacher_must_predict():
+    assert entropy_bits(torch.tensor([4, 4, 9, 9])) == 1.0 and entropy_bits(torch.tensor([3, 3, 3])) == 0.0
+    t2i = gt.T2I("meissonic", None)
+    metas = scenes.geneval_metadata()[:3]
+    renders = scenes.render_batch([scenes.scene_for(m, np.random.default_rng(0)) for m in metas])
+    report = gt.token_report(t2i, renders, [m["prompt"] for m in metas], 0, ratios=(0.5,))
+    assert report["plain_share"] == round(background_patches(renders, 4).float().mean().item(), 3)
+    assert 0 <= report["plain_code_bits"] <= 8 and 0 < report["ce_plain@0.5"] < report["ce_object@0.5"]
+
+
 def test_t2i_without_its_text_side_is_one_line(tmp_path):
     import train
     with pytest.raises(UserError, match="run python train.py vq"):
@@ -200,6 +220,12 @@ def test_teacher_sample_meissonic_works_out_of_the_box(tmp_path):
 def test_bad_text_to_image_input_is_one_line(tmp_path, prompt, steps, message):
     with pytest.raises(UserError, match=message):
         main_sample(["--teacher", "meissonic", "--prompt", prompt, "--steps", steps, "--out", str(tmp_path / "g.png")])
+
+
+@pytest.mark.skipif(not os.path.isdir(BUNDLED), reason="the bundled toy world is not in assets/")
+def test_a_toy_folder_under_the_released_preset_is_one_line():
+    with pytest.raises(UserError, match="samples at 1024 px: for a toy-world folder pass --teacher meissonic-toy"):
+        gt.main(["tokenizer", "--teacher", "meissonic", "--teacher-ckpt", BUNDLED])
 
 
 @pytest.mark.skipif(not os.path.isdir(BUNDLED), reason="the bundled toy world is not in assets/")
