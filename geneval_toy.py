@@ -318,12 +318,13 @@ def teacher_table(t2i, metas, steps_list, settings, per_prompt, seed):
     return rows
 
 
-def token_report(t2i, renders, prompts, seed, ratios=(0.1, 0.5, 0.9)):
-    """What the VQ model's ids leave the teacher: the entropy (bits) of the ids of plain-background patches, and the
-    teacher's masked cross-entropy (nats) on plain and on object patches with a share ``ratio`` of ids masked."""
+def token_report(t2i, renders, ids, prompts, seed, ratios=(0.1, 0.5, 0.9)):
+    """What the VQ model's ids [B, h, w] of renders leave the teacher: the entropy (bits) of the ids of
+    plain-background patches, and the teacher's masked cross-entropy (nats) on plain and on object patches with a
+    share ``ratio`` of ids masked."""
     gen = torch.Generator().manual_seed(seed)
+    ids = ids.flatten(1)                                                                 # [B, h, w] -> [B, N]
     with torch.no_grad():
-        ids = torch.cat([t2i.vq.encode(x)[1] for x in renders.split(200)]).flatten(1)   # [B, h, w] -> [B, N]
         plain = background_patches(renders, t2i.vq.factor).view_as(ids)                # [B, N]
         report = dict(plain_share=round(plain.float().mean().item(), 3),
                       plain_code_bits=round(entropy_bits(ids[plain]), 3))
@@ -399,10 +400,11 @@ def main(argv=None):
         rng = np.random.default_rng(a.seed)
         renders = render_batch([scene_for(m, rng) for m in reps])
         with torch.no_grad():
-            recon = torch.cat([t2i.vq.decode(t2i.vq.encode(x)[1]).clamp(0, 1) for x in renders.split(200)])
+            ids = torch.cat([t2i.vq.encode(x)[1] for x in renders.split(200)])          # [B, h, w]
+            recon = torch.cat([t2i.vq.decode(i).clamp(0, 1) for i in ids.split(200)])
         for name, images in (("renders", renders), ("VQ reconstructions", recon)):
             print(name, json.dumps(summarise(reps, score_images(images, reps))))
-        print("tokens", json.dumps(token_report(t2i, renders, [m["prompt"] for m in reps], a.seed)))
+        print("tokens", json.dumps(token_report(t2i, renders, ids, [m["prompt"] for m in reps], a.seed)))
         return
     if a.command == "sample":
         if not a.geneval_out:

@@ -189,7 +189,8 @@ def test_token_report_reads_the_ids_the_teacher_must_predict():
     t2i = gt.T2I("meissonic", None)
     metas = scenes.geneval_metadata()[:3]
     renders = scenes.render_batch([scenes.scene_for(m, np.random.default_rng(0)) for m in metas])
-    report = gt.token_report(t2i, renders, [m["prompt"] for m in metas], 0, ratios=(0.5,))
+    ids = t2i.vq.encode(renders)[1]
+    report = gt.token_report(t2i, renders, ids, [m["prompt"] for m in metas], 0, ratios=(0.5,))
     assert report["plain_share"] == round(background_patches(renders, 4).float().mean().item(), 3)
     assert 0 <= report["plain_code_bits"] <= 8 and 0 < report["ce_plain@0.5"] < report["ce_object@0.5"]
 
