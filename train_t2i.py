@@ -97,12 +97,15 @@ def entropy_bits(ids):
     return float(-(p * p.log2()).sum())
 
 
-def codes_to_restart(usage, plain_usage):
+def codes_to_restart(usage, plain_usage=None):
     """Code uses [K] and their uses by plain patches [K] since the last restart -> the ids to restart: the unused
-    codes, and the codes used mostly by plain patches but the one plain patches use most."""
-    crowd = plain_usage > usage / 2
-    crowd[plain_usage.argmax()] = False
-    return ((usage == 0) | crowd).nonzero()[:, 0]
+    codes, and (given plain_usage) the codes used mostly by plain patches but the one plain patches use most."""
+    restart = usage == 0
+    if plain_usage is not None:
+        crowd = plain_usage > usage / 2
+        crowd[plain_usage.argmax()] = False
+        restart |= crowd
+    return restart.nonzero()[:, 0]
 
 
 def train_vq(vq, images, steps, batch_size, lr, warmup, gen, beta=0.25, background_weight=1.0, restart_every=200,
@@ -139,7 +142,7 @@ def train_vq(vq, images, steps, batch_size, lr, warmup, gen, beta=0.25, backgrou
         optimise(opt, vq, loss, "vq", step)
         losses.append(loss.item())
         if (step + 1) % restart_every == 0 and step + 1 < steps:                # dead codes: from encoder outputs
-            dead = codes_to_restart(usage, plain_usage) if background_weight else (usage == 0).nonzero()[:, 0]
+            dead = codes_to_restart(usage, plain_usage if background_weight else None)
             # drawn in proportion to their quantisation error: drawn uniformly they are mostly background, and
             # near-copies of the background code make a blank patch's id a coin toss the teacher must learn
             err = (flat - q).detach().pow(2).sum(-1)                               # [Bhw]

@@ -181,6 +181,7 @@ def test_plain_patches_keep_one_code_at_a_restart():
     usage = torch.tensor([0., 10, 8, 6, 5, 4])
     plain_usage = torch.tensor([0., 1, 8, 5, 2, 3])                              # codes 2, 3, 5: mostly plain
     assert codes_to_restart(usage, plain_usage).tolist() == [0, 3, 5]           # unused, and plain but code 2
+    assert codes_to_restart(usage).tolist() == [0]                               # the rule off: unused only
 
 
 @pytest.mark.skipif(not os.path.isdir(BUNDLED), reason="the bundled toy world is not in assets/")
