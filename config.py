@@ -177,6 +177,36 @@ PRESETS["meissonic"] = dict(
                             "tokenizer/)", tokenizer="(inside the same folder: vqvae/)"),
 )
 
+# MaskGen-VQ (bytedance/1d-tokenizer, Soft-Di[M]O's text-to-image teacher; facts: tests/golden/SPEC_maskgen.md).
+# Architecture: configs/infer/MaskGen/maskgen_vq_{l,xl}.yaml (L: width 1024, depth 16; XL: 1280, 20; 16 heads;
+# 604.3 M / 1176.6 M parameters), tokenizer TA-TiTok bl128 VQ (tatitok_bl128_vq.yaml: ViT-B encoder, ViT-L decoder,
+# 128 tokens of 64-d codes, 8192 codes; 391.0 M), text: open_clip ViT-L-14-336's text tower (123.7 M).  Sampler:
+# MaskGen_VQ.generate as the README calls it (16 steps, arccos, guidance scale 12 rising on a cosine from the
+# empty prompt, Gumbel 2 (1 - r), tempered logits as confidence, aesthetic score 6.5).  Ours: QuickGELU in the text
+# tower (OpenAI's own activation; the release does not record which open_clip version, hence which activation,
+# trained it: quick_gelu=False is the other, text_encoder.open_clip_config).
+MASKGEN_TEXT = dict(embed_dim=768, quick_gelu=True,
+                    text_cfg=dict(context_length=77, vocab_size=49408, width=768, heads=12, layers=12))
+MASKGEN_SAMPLER = dict(steps=16, schedule="arccos", temperature=1.0, randomize_temperature=2.0, remask="confidence",
+                       guidance=13.0, guidance_anneal="maskgen", scale_pow=1.0, step_counts="maskbit",
+                       noise_anneal="maskbit", draw="gumbel-max")
+for _name, _hub, _size in (("maskgen", "l", dict(decoder_embed_dim=1024, decoder_depth=16)),
+                           ("maskgen-xl", "xl", dict(decoder_embed_dim=1280, decoder_depth=20))):
+    PRESETS[_name] = dict(
+        family="maskgen",
+        generator=dict(codebook_size=8192, num_latent_tokens=128, text_embed_dim=768, decoder_num_heads=16,
+                       micro_condition=True, micro_condition_embed_dim=256, condition_num_classes=1000,
+                       sample_aesthetic_score=6.5, **_size),
+        tokenizer=dict(crop_size=256, enc=(768, 12, 12), dec=(1024, 24, 16), enc_patch=16, dec_patch=16,
+                       num_latent_tokens=128, token_size=64, codebook_size=8192, text_context_length=77,
+                       text_embed_dim=768),
+        text_encoder=MASKGEN_TEXT,
+        sampler=MASKGEN_SAMPLER,
+        prompt=dict(negative_prompt="", resolution=256, aesthetic=6.5),
+        released=dict(generator=f"turkeyju/generator_maskgen_vq_{_hub}",
+                      tokenizer="turkeyju/tokenizer_tatitok_bl128_vq"),
+    )
+
 # The embedded text-to-image default: Meissonic's classes in miniature on the toy scenes (scenes.py; 48 x 48 pixels,
 # a 12 x 12 token grid, 6 x 6 inside the transformer after its 2 x 2 down-sampling), trained by train.py (vq, text,
 # t2i) and shipped as a released-layout folder in assets/ (docs/text_to_image.md: the commands, times, choices).
@@ -287,6 +317,7 @@ if __name__ == "__main__":
     for name, p in PRESETS.items():
         g = p["generator"]
         size = f"D={g['hidden_dim']} depth={g['depth']}" if "hidden_dim" in g else \
+            f"D={g['decoder_embed_dim']} depth={g['decoder_depth']}" if "decoder_depth" in g else \
             f"D={g['num_attention_heads'] * g['attention_head_dim']} depth={g['num_layers']}+{g['num_single_layers']}"
         print(f"{name:14s} {p['family']:9s} {size} V={g['codebook_size']} "
               f"sampler={p['sampler']}\n{'':14s} distill={p.get('distill', '(issue 39)')}")

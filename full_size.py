@@ -1,6 +1,6 @@
 """The released architectures at full size, on random weights: what they cost on this machine.
 
-``python bench.py full-size --presets maskbit-12bit,maskgit,meissonic`` (or ``python full_size.py ...``):
+``python bench.py full-size --presets maskbit-12bit,maskgit,meissonic,maskgen`` (or ``python full_size.py ...``):
 
 * class-to-image presets (MaskBit, MaskGIT): random weights written in the released file layouts, loaded through
   ``--teacher-ckpt`` / ``--tokenizer-ckpt``; 2 distillation steps per batch size (fp32, then ``--amp --ema-cpu``) and
@@ -9,7 +9,10 @@
 * ``meissonic``: the released transformer (the official constructor's config, 1,006,946,304 parameters), its VQ
   model and CLIP text tower built at full size; in a fresh process, one transformer forward on 64 x 64 tokens with
   a 77-token prompt (batch 1, then batch 2 = one CFG step), one text-encoder forward and one VQ decode to the
-  image (1024 px), with their times and the process's peak RSS.
+  image (1024 px), with their times and the process's peak RSS;
+* ``maskgen`` / ``maskgen-xl``: the released generator (604.3 M / 1176.6 M parameters), TA-TiTok bl128 (391.0 M)
+  and the ViT-L-14-336 text tower; in a fresh process, one generator forward on 128 ids with a 77-token prompt
+  (batch 1, then 2), one text-encoder forward and one TA-TiTok decode to 256 px, with times and peak RSS.
 
 Wall-clock figures depend on the machine: print ``python eval.py speed --teacher maskbit`` beside them.
 
@@ -25,8 +28,10 @@ import torch
 
 from config import ArgumentParser, UserError, check_range, cli, get_preset
 from eval import memory_table
+from maskgen import MaskGenVQ
+from tatitok import TATiTok
 from teacher import build_teacher
-from text_encoder import CLIPTextEncoder
+from text_encoder import CLIPTextEncoder, open_clip_config
 from tokenizer import build_tokenizer
 from vq_model import VQModel
 
@@ -140,8 +145,36 @@ def meissonic_forward(preset="meissonic", seed=0):
     print(json.dumps(row), flush=True)
 
 
+def maskgen_forward(preset="maskgen", seed=0):
+    """MaskGen's three released architectures on random weights (the generator, TA-TiTok bl128, open_clip's
+    ViT-L-14-336 text tower), one forward each -> a JSON row: a generator pass on 128 ids with a 77-token prompt
+    (batch 1, then 2 = one CFG step), a text-encoder pass, a TA-TiTok decode to 256 px (it reads the prompt too)."""
+    p = get_preset(preset)
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    generator, tokenizer = MaskGenVQ(**p["generator"]).eval(), TATiTok(**p["tokenizer"]).eval()
+    text = CLIPTextEncoder(**open_clip_config(**p["text_encoder"])).eval()
+    build_s = round(time.perf_counter() - t0, 1)
+    n, k, t = p["generator"]["num_latent_tokens"], p["generator"]["codebook_size"], p["text_encoder"]["text_cfg"]
+    length, width = t["context_length"], t["width"]
+    count = {name: sum(t.numel() for t in m.parameters()) for name, m in
+             (("generator", generator), ("text_encoder", text), ("tokenizer", tokenizer))}
+
+    def forward(b):
+        ids = torch.randint(0, k + 1, (b, n))
+        return lambda: generator(ids, torch.randn(b, length, width), torch.randn(b, 1, width))
+    row = dict(preset=preset, parameters=count, gb_fp32={k: round(4 * v / 1e9, 3) for k, v in count.items()},
+               build_s=build_s, image_px=p["tokenizer"]["crop_size"], tokens=n, prompt_tokens=length)
+    row["generator_forward_b1_s"] = timed(forward(1))
+    row["generator_forward_b2_s"] = timed(forward(2))
+    row["text_encoder_forward_s"] = timed(lambda: text(torch.randint(0, t["vocab_size"], (1, length))))
+    row["tatitok_decode_s"] = timed(lambda: tokenizer.decode_tokens(torch.randint(0, k, (1, n)),
+                                                                    torch.randn(1, length, width)))
+    print(json.dumps(row), flush=True)
+
+
 def meissonic_row(preset):
-    """meissonic_forward in a fresh child, with that child's own peak RSS."""
+    """meissonic_forward (or maskgen_forward) in a fresh child, with that child's own peak RSS."""
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", PEAK_RSS, "full_size.py", TEXT_TO_IMAGE, preset], cwd=HERE,
                           capture_output=True, text=True)
@@ -158,7 +191,7 @@ TEXT_TO_IMAGE = "meissonic-forward"
 
 def main(argv):
     if argv[:1] == [TEXT_TO_IMAGE]:                                    # the child of meissonic_row
-        return meissonic_forward(argv[1])
+        return (maskgen_forward if get_preset(argv[1])["family"] == "maskgen" else meissonic_forward)(argv[1])
     parser = ArgumentParser(prog="bench.py full-size", description="full-size architectures on random weights")
     parser.add_argument("--presets", default="maskbit-12bit,maskgit,meissonic", help="released presets, comma "
                         "separated")
@@ -174,7 +207,7 @@ def main(argv):
     except ValueError:
         raise UserError(f"--batches '{args.batches}' must be comma-separated integers, e.g. 1,2") from None
     for name in presets:
-        if get_preset(name)["family"] == "meissonic":
+        if get_preset(name)["family"] in ("meissonic", "maskgen"):
             meissonic_row(name)
             continue
         print(json.dumps(memory_table(name)), flush=True)

@@ -90,7 +90,11 @@ def guidance_at(w, step, steps, anneal="none", scale_pow=1.0):
     none: w; linear: 1 + (w-1) i/(steps-1) (Halton-MaskGIT v1.0 / Di[M]O);
     cosine: 1 + (w-1)(1 - cos(pi (i/steps)^p))/2 (MaskBit's power-cosine with p = scale_pow).  Both start at 1.
     One step is our choice, not the official one: full guidance w.  MaskBit's cosine would give scale 0 (no
-    guidance) and v1.0's linear divides by zero, so their one-step teacher is unguided or undefined."""
+    guidance) and v1.0's linear divides by zero, so their one-step teacher is unguided or undefined.
+    maskgen: 2 + (w-2)(1 - cos(pi ((i+1)/steps)^p))/2 (MaskGen's cond + s (cond - uncond) with s rising from 1 on
+    the step's ratio (i+1)/steps to its scale w - 1: 2.106 ... 13 over 16 steps at the release's scale 12)."""
+    if anneal == "maskgen":
+        return 2.0 + (w - 2.0) * (1 - math.cos(math.pi * ((step + 1) / steps) ** scale_pow)) / 2
     if anneal == "none" or steps == 1:
         a = 1.0
     elif anneal == "linear":
@@ -98,7 +102,7 @@ def guidance_at(w, step, steps, anneal="none", scale_pow=1.0):
     elif anneal == "cosine":
         a = (1 - math.cos(math.pi * (step / steps) ** scale_pow)) / 2
     else:
-        raise ValueError(f"unknown guidance annealing '{anneal}'; choose none, linear or cosine")
+        raise ValueError(f"unknown guidance annealing '{anneal}'; choose none, linear, cosine or maskgen")
     return 1.0 + (w - 1.0) * a
 
 

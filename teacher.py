@@ -159,6 +159,10 @@ def load_pair(preset, teacher_ckpt=None, tokenizer_ckpt=None, verbose=True):
     if p["family"] == "meissonic":
         raise UserError(f"preset '{preset}' is text-to-image: it loads through teacher.load_meissonic (python "
                         f"teacher.py sample --teacher {preset} --teacher-ckpt DIR --prompt ...)")
+    if p["family"] == "maskgen":
+        raise UserError(f"preset '{preset}': MaskGen's released files load with maskgen.load_maskgen and "
+                        f"tatitok.load_tatitok, and python bench.py full-size --presets {preset} measures them; "
+                        f"sampling and distilling it from the command line come with its toy pair (issue 40)")
     if teacher_ckpt is not None and os.path.isdir(teacher_ckpt):
         raise UserError(f"--teacher-ckpt '{teacher_ckpt}' is a folder, but preset '{preset}' takes a weights file; "
                         f"a released text-to-image folder goes with --teacher meissonic")
@@ -180,10 +184,19 @@ def load_pair(preset, teacher_ckpt=None, tokenizer_ckpt=None, verbose=True):
 # MaskBit's cumulative counts on the cosine schedule, Gumbel temperature linspace(2, 0, N) ('halton' annealing),
 # CFG against the negative prompt and the step counter as timestep (TextCondition.at_step).
 # ----------------------------------------------------------------------------------------------------------------
+DRAWS = ("multinomial", "gumbel-max")
+
+
+def gumbel(shape, generator, device):
+    """Standard Gumbel noise -log(-log u), u ~ U(0, 1) clamped away from 0 and 1."""
+    u = torch.rand(shape, generator=generator, device=device).clamp(1e-20, 1 - 1e-7)
+    return -torch.log(-torch.log(u))
+
+
 @torch.no_grad()
 def sample(model, labels, steps, schedule="arccos", temperature=1.0, randomize_temperature=0.0, remask="confidence",
            guidance=1.0, guidance_anneal="none", scale_pow=1.0, step_counts="maskbit", noise_anneal="maskbit",
-           generator=None, tokens=None, trace=None):
+           draw="multinomial", generator=None, tokens=None, trace=None):
     """Iterative decoding from all-mask (or from ``tokens`` [B, N, S] with mask ids) -> tokens [B, N, S].
 
     Step i of T = ``steps``: predict every masked entry from softmax(logits / temperature) under guidance
@@ -192,11 +205,17 @@ def sample(model, labels, steps, schedule="arccos", temperature=1.0, randomize_t
     Gumbel noise * randomize_temperature * (1 - progress), progress per ``noise_anneal``, or a uniform random
     number (remask='random').  The last step fills every entry.  An entry once decoded stays decoded, even when
     the sampled id is the mask class (MaskGIT's 1025-way head), as in v1.0, which tracks its mask apart from the ids.
+    draw='gumbel-max' is MaskGen's rule instead: at progress r = (i+1)/T the logits are divided by temperature *
+    (0.5 + 0.8 (1 - r)), the id is argmax(logits + a G) with a = randomize_temperature (1 - r) (a sample at the
+    step's temperature times a; greedy when a = 0, as at the last step), and the confidence is that tempered logit
+    (not a log-probability) plus a fresh a G'.
     labels: class ids [B], or a meissonic.TextCondition (its negative prompt is the unconditional branch, and its
     ``at_step`` gives the timestep of step i).
     trace: a list that receives (pred [B, N, S], still masked [B, N, S]) after every step but the last."""
     if step_counts not in STEP_COUNTS or noise_anneal not in STEP_COUNTS:
         raise ValueError(f"step_counts and noise_anneal must be one of {STEP_COUNTS}")
+    if draw not in DRAWS:
+        raise ValueError(f"draw must be one of {DRAWS}")
     b = labels.shape[0]
     if tokens is None:
         tokens = torch.full((b, model.seq_len, model.splits), model.mask_id, dtype=torch.long, device=labels.device)
@@ -210,19 +229,25 @@ def sample(model, labels, steps, schedule="arccos", temperature=1.0, randomize_t
             break
         w = guidance_at(guidance, i, steps, guidance_anneal, scale_pow)
         cond = labels.at_step(i, steps) if hasattr(labels, "at_step") else labels     # text: the step's timestep
-        logits = guided_logits(model, tokens, cond, w).float() / temperature
-        probs = torch.softmax(logits, dim=-1)                          # [B, N, S, V]
-        pred = torch.multinomial(probs.flatten(0, 2), 1, generator=generator).reshape(tokens.shape)  # -> [B, N, S]
-        pred = torch.where(masked, pred, tokens)
+        if draw == "gumbel-max":                                       # MaskGen's rule (docstring)
+            r = (i + 1) / steps
+            z = guided_logits(model, tokens, cond, w).float() / (temperature * (0.5 + 0.8 * (1 - r)))
+            a = randomize_temperature * (1 - r)
+            pred = torch.where(masked, (z + a * gumbel(z.shape, generator, z.device)).argmax(-1), tokens)
+            conf = z.gather(-1, pred[..., None])[..., 0] + a * gumbel(tokens.shape, generator, z.device)
+        else:
+            logits = guided_logits(model, tokens, cond, w).float() / temperature
+            probs = torch.softmax(logits, dim=-1)                      # [B, N, S, V]
+            pred = torch.multinomial(probs.flatten(0, 2), 1, generator=generator).reshape(tokens.shape)  # [B, N, S]
+            pred = torch.where(masked, pred, tokens)
+            if i < steps - 1 and remask == "random":
+                conf = torch.rand(tokens.shape, generator=generator, device=tokens.device)
+            elif i < steps - 1:
+                progress = (i + 1) / steps if noise_anneal == "maskbit" else i / (steps - 1)
+                conf = torch.log(probs.gather(-1, pred[..., None])[..., 0].clamp_min(1e-30)) + \
+                    gumbel(tokens.shape, generator, tokens.device) * randomize_temperature * (1 - progress)
         if i == steps - 1:
             return pred
-        if remask == "random":
-            conf = torch.rand(tokens.shape, generator=generator, device=tokens.device)
-        else:
-            progress = (i + 1) / steps if noise_anneal == "maskbit" else i / (steps - 1)
-            conf = torch.log(probs.gather(-1, pred[..., None])[..., 0].clamp_min(1e-30))
-            u = torch.rand(tokens.shape, generator=generator, device=tokens.device).clamp(1e-20, 1 - 1e-7)
-            conf = conf - torch.log(-torch.log(u)) * randomize_temperature * (1 - progress)  # + Gumbel noise
         conf = torch.where(masked, conf, torch.full_like(conf, float("inf")))  # never re-mask a decided entry
         if counts is None:
             keep_masked = maskbit_masked_after(i, steps, m, schedule).to(tokens.device)

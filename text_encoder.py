@@ -26,6 +26,7 @@ Run: ``python text_encoder.py tests/golden/clip_tokenizer "two red circles left 
 import json
 import math
 import os
+import re
 import unicodedata
 
 import torch
@@ -334,12 +335,61 @@ def load_text_encoder(folder):
     return load_folder(folder, "text encoder", build, fix)[0]
 
 
+def open_clip_config(embed_dim, text_cfg, quick_gelu=False, **_):
+    """open_clip's ``CLIP(embed_dim, vision_cfg, text_cfg, quick_gelu)`` text tower -> this class's config.  The
+    activation is a switch because the release does not record it: open_clip <= 2.28 loaded OpenAI's weights with
+    QuickGELU, 2.29-2.31 built the json config with exact GELU (SPEC_maskgen.md facts (c)).  open_clip pools at
+    argmax(ids), the first end-of-text since it is the largest id (vocab - 1); so is eos_token_id here."""
+    return dict(vocab_size=text_cfg["vocab_size"], hidden_size=text_cfg["width"],
+                intermediate_size=int(text_cfg.get("mlp_ratio", 4.0) * text_cfg["width"]),
+                projection_dim=embed_dim, num_hidden_layers=text_cfg["layers"], num_attention_heads=text_cfg["heads"],
+                max_position_embeddings=text_cfg.get("context_length", 77),
+                hidden_act="quick_gelu" if quick_gelu else "gelu", bos_token_id=text_cfg["vocab_size"] - 2,
+                eos_token_id=text_cfg["vocab_size"] - 1)
+
+
+OPEN_CLIP_LAYER = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
+                   "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+
+
+def from_open_clip(state):
+    """An open_clip text tower's state dict (``transformer.resblocks.{i}.*``, packed ``in_proj``, ``text_projection``
+    as [W, E] used as x @ P) -> this class's keys.  Every key must be known: an unknown one is an error, so that the
+    strict load after it stays strict; ``logit_scale`` (the contrastive temperature, unused by a text condition) and
+    a ``visual.*`` tower are dropped."""
+    out = {}
+    for key, value in state.items():
+        if key == "logit_scale" or key.startswith("visual."):
+            continue
+        packed = re.fullmatch(r"transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)", key)
+        m = re.fullmatch(r"transformer\.resblocks\.(\d+)\.(.+)\.(weight|bias)", key)
+        if packed:
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3)):        # rows: q, k, v
+                out[f"text_model.encoder.layers.{packed[1]}.self_attn.{name}.{packed[2]}"] = part
+        elif m and m[2] in OPEN_CLIP_LAYER:
+            out[f"text_model.encoder.layers.{m[1]}.{OPEN_CLIP_LAYER[m[2]]}.{m[3]}"] = value
+        elif key in ("ln_final.weight", "ln_final.bias"):
+            out["text_model.final_layer_norm." + key.split(".")[1]] = value
+        elif key == "token_embedding.weight":
+            out["text_model.embeddings.token_embedding.weight"] = value
+        elif key == "positional_embedding":
+            out["text_model.embeddings.position_embedding.weight"] = value
+        elif key == "text_projection":
+            out["text_projection.weight"] = value.T                                      # x @ P = Linear with P^T
+        else:
+            raise UserError(f"open_clip text tower: unknown key {key!r} (expected token_embedding, "
+                            f"positional_embedding, transformer.resblocks.*, ln_final, text_projection, logit_scale)")
+    return out
+
+
 @torch.no_grad()
-def encode_prompts(tokenizer, encoder, prompts, device="cpu"):
-    """Meissonic's text condition: (encoder_hidden_states [B, L, E] = hidden_states[-2], the penultimate layer's
-    output without the final LayerNorm; pooled_projections [B, P] = text_embeds)."""
+def encode_prompts(tokenizer, encoder, prompts, device="cpu", final=False):
+    """The text condition of Meissonic and MaskGen: (hidden [B, L, E] = hidden_states[-2], the penultimate layer's
+    output without the final LayerNorm; pooled [B, P] = text_embeds, the projected end-of-text state).  final=True
+    adds the final-LayerNorm states of every position [B, L, E]: what TA-TiTok's decoder reads."""
     out = encoder(tokenizer(prompts).to(device))
-    return out["hidden_states"][-2], out["text_embeds"]
+    cond = out["hidden_states"][-2], out["text_embeds"]
+    return (*cond, out["last_hidden_state"]) if final else cond
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Every ``*.pt`` in $GOLDEN_DIR (default: tests/golden, a copy of ../shared/golden) is checked; the model is
 recognised by the file-name prefix, built from the fixture's ``config``, loaded with ``strict=True`` and each key
 of ``outputs`` is compared with the tolerances of ``check_example.md`` (MaskBit, MaskGIT) or of
-``SPEC_meissonic.md`` section 4 (Meissonic: atol 1e-5, rtol 1e-5 on every float output).  Every case of
+``SPEC_meissonic.md`` section 4 and ``SPEC_maskgen.md`` section 4 (Meissonic, MaskGen, TA-TiTok: atol 1e-5, rtol
+1e-5 on every float output).  Every case of
 ``clip_tokenizer/cases.json`` is checked with both padding conventions.  A second group of tests builds other
 configurations of the same classes and checks their state-dict keys and shapes against the general patterns of
 SPEC.md, so that released checkpoints of every size load.
@@ -17,9 +18,11 @@ import pytest
 import torch
 
 from maskbit import LFQBert
+from maskgen import MaskGenVQ
 from maskgit import MaskTransformer
 from meissonic import MeissonicTransformer, image_ids
-from text_encoder import EOS, CLIPTextEncoder, CLIPTokenizer
+from tatitok import TATiTok
+from text_encoder import EOS, CLIPTextEncoder, CLIPTokenizer, from_open_clip, open_clip_config
 from tokenizer import LFQTokenizer, VQGAN, combine_tokens, index_to_bits, split_tokens
 from vq_model import VQModel
 
@@ -27,9 +30,10 @@ GOLDEN_DIR = os.environ.get("GOLDEN_DIR", os.path.join(os.path.dirname(__file__)
 FIXTURES = sorted(glob.glob(os.path.join(GOLDEN_DIR, "*.pt")))
 TIGHT = ("logits", "token_bits", "combined_tokens", "codebook_entries", "encoder_out", "z_quantized",
          "pre_quant", "quant")
-EXACT = ("split_tokens", "min_encoding_indices", "indices", "encoded_token_ids")
-# families whose fixtures a later issue builds (Text-to-image, part 4: MaskGen, TA-TiTok, open_clip's ViT)
-NOT_YET = ("maskgen_", "tatitok_", "clip_vit")
+EXACT = ("split_tokens", "min_encoding_indices", "indices", "encoded_token_ids", "encode_ids", "quantizer_ids")
+# families whose fixtures a later issue builds (Text-to-image, part 5: open_clip's ViT for the reward models)
+NOT_YET = ("clip_vit",)
+SPEC_1E5 = ("meissonic_", "maskgen_", "tatitok_")
 
 
 def run_lfqbert(cfg, inp):
@@ -109,10 +113,47 @@ def run_meissonic_text_encoder(cfg, inp):
                all_hidden_states=torch.stack(out["hidden_states"]))
 
 
+class OpenCLIPText(CLIPTextEncoder):
+    """The open_clip text tower under its own keys: converted by ``from_open_clip``, then loaded strictly."""
+
+    def load_state_dict(self, state, strict=True):
+        return super().load_state_dict(from_open_clip(state), strict=strict)
+
+
+def run_maskgen_text_encoder(cfg, inp):
+    model = OpenCLIPText(**open_clip_config(**cfg))
+    yield model
+    out = model(inp["text_ids"].clone())
+    yield dict(maskgen_condition=out["hidden_states"][-2], maskgen_condition_pooled=out["text_embeds"][:, None],
+               tatitok_text_guidance=out["last_hidden_state"])
+
+
+def run_maskgen_generator(cfg, inp):
+    model = MaskGenVQ.from_config(cfg)
+    yield model
+    trace = {}
+    score = inp.get("aesthetic_score")                  # absent without micro-conditioning: nothing reads it
+    logits = model(*(inp[k].clone() for k in ("input_tokens", "condition", "condition_pooled")),
+                   None if score is None else score.clone(), trace=trace)
+    yield dict(trace, logits=logits)
+
+
+def run_tatitok_tokenizer(cfg, inp):
+    model = TATiTok.from_config(cfg)
+    yield model
+    z_q, ids = model.quantize_latents(inp["quantizer_z"].clone())
+    enc_q, enc_ids = model.encode(inp["images"].clone())
+    yield dict(quantizer_z_quantized=z_q, quantizer_ids=ids, encoder_latent=model.encode_latents(inp["images"].clone()),
+               encode_z_quantized=enc_q, encode_ids=enc_ids,
+               decode_images=model.decode_tokens(inp["decode_ids"].clone(), inp["text_guidance"].clone()),
+               forward_images=model(inp["images"].clone(), inp["text_guidance"].clone()))
+
+
 RUNNERS = {"maskbit_lfqbert": run_lfqbert, "maskbit_tokenizer": run_maskbit_tokenizer,
            "maskgit_transformer": run_maskgit_transformer, "maskgit_vqgan": run_maskgit_vqgan,
            "meissonic_transformer": run_meissonic_transformer, "meissonic_vqvae": run_meissonic_vqvae,
-           "meissonic_text_encoder": run_meissonic_text_encoder}
+           "meissonic_text_encoder": run_meissonic_text_encoder, "maskgen_text_encoder": run_maskgen_text_encoder,
+           "maskgen_generator": run_maskgen_generator, "tatitok_tokenizer": run_tatitok_tokenizer}
 
 
 def runner_for(path):
@@ -130,7 +171,7 @@ def test_fixtures_found():
 @pytest.mark.parametrize("path", FIXTURES, ids=[os.path.basename(p) for p in FIXTURES])
 def test_golden(path):
     if os.path.basename(path).startswith(NOT_YET):
-        pytest.skip("fixture of a family not built yet (issue 'Text-to-image, part 4')")
+        pytest.skip("fixture of a family not built yet (issue 'Text-to-image, part 5')")
     fx = torch.load(path, map_location="cpu", weights_only=True)
     assert set(fx) == {"config", "state_dict", "inputs", "outputs"}
     steps = runner_for(path)(fx["config"], fx["inputs"])
@@ -145,8 +186,7 @@ def test_golden(path):
         if key in EXACT:
             assert torch.equal(got.long(), expected.long()), f"{key}: indices differ"
         else:
-            meissonic = os.path.basename(path).startswith("meissonic_")
-            atol = 1e-5 if meissonic or key.startswith(TIGHT) else 1e-4
+            atol = 1e-5 if os.path.basename(path).startswith(SPEC_1E5) or key.startswith(TIGHT) else 1e-4
             torch.testing.assert_close(got.to(expected.dtype), expected, atol=atol, rtol=1e-5, msg=key)
 
 
