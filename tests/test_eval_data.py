@@ -101,6 +101,7 @@ def test_the_gan_reads_the_train_split_and_fid_the_held_out_split_which_share_no
         return load_images
     monkeypatch.setattr(train, "load_images", recording(load_images))
     monkeypatch.setattr(evaluation, "load_images", recording(load_images))
+    monkeypatch.setattr(evaluation, "TOY_REFERENCE", {})                 # draw the reference, not an earlier one
     torch.manual_seed(0)
     teacher = LFQBert(img_size=32, input_stride=8, hidden_dim=16, codebook_size=2 ** 6, codebook_splits=2, depth=1,
                       heads=2, mlp_dim=16, dropout=0.0, nclass=10).eval()
@@ -116,3 +117,20 @@ def test_the_gan_reads_the_train_split_and_fid_the_held_out_split_which_share_no
     write_folder(tmp_path, [8] * 12)
     values = lambda split: set(folder_images(str(tmp_path), split)[0][:, 0, 0, 0].tolist())  # one value per file
     assert len(values("train")) == 20 and len(values("test")) == 4 and not values("train") & values("test")
+
+
+def test_the_toy_reference_is_drawn_once_per_feature_file(monkeypatch, tmp_path):
+    """A second Evaluator of the same feature file reuses the held-out features; a feature file written again (another
+    mtime) draws them anew."""
+    import shutil
+    import eval as evaluation
+    calls = []
+    monkeypatch.setattr(evaluation, "TOY_REFERENCE", {})
+    monkeypatch.setattr(evaluation, "load_images", lambda *a, **k: calls.append(a) or load_images(*a, **k))
+    first = evaluation.Evaluator("toy", n_ref=40)
+    again = evaluation.Evaluator("toy", n_ref=40)
+    assert len(calls) == 1 and again.ref_features is first.ref_features and again.info == first.info
+    copy = str(tmp_path / "features.pt")
+    shutil.copy(evaluation.FEATURES, copy)
+    other = evaluation.Evaluator("toy", n_ref=40, features=copy)
+    assert len(calls) == 2 and torch.equal(other.ref_features, first.ref_features)
