@@ -35,7 +35,8 @@ evaluation_metadata.jsonl, so that a user with a GPU scores a released model wit
 
 Run: ``python geneval_toy.py detector`` (accuracy on ground-truth renders per task, and on renders with a deliberate
 error, which must fail); ``python geneval_toy.py tokenizer`` (the same renders through the VQ model: the ceiling of
-any teacher on it; and what its ids leave the teacher: ``token_report``); ``python geneval_toy.py metadata --out evaluation_metadata.jsonl``.
+any teacher on it; what its ids leave the teacher, ``token_report``; how near-equal codes decode,
+``second_code_report``); ``python geneval_toy.py metadata --out evaluation_metadata.jsonl``.
 """
 import json
 import os
@@ -340,6 +341,25 @@ def token_report(t2i, renders, ids, prompts, seed, ratios=(0.1, 0.5, 0.9)):
     return report
 
 
+def second_code_report(vq, renders, latents, ids, reps, seed, shares=(0.1, 0.25, 0.5, 1.0)):
+    """Does a teacher's confusion among codes that decode alike make blobs?  GenEval-toy (seen prompts) of the renders
+    decoded with a share of the object patches' ids replaced by the nearest code other than their own; far = the
+    median ratio of that code's distance to their own's."""
+    flat = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])                 # [B, C, h, w] -> [B h w, C]
+    d = torch.cdist(flat, vq.quantize.embedding.weight)                               # [B h w, K]
+    own = d.gather(1, ids.reshape(-1, 1))[:, 0]
+    second, objects = d.scatter(1, ids.reshape(-1, 1), float("inf")).argmin(1), ~background_patches(renders, vq.factor)
+    second, objects = second.view_as(ids), objects.view_as(ids)
+    far = (d.gather(1, second.reshape(-1, 1))[:, 0] / own.clamp_min(1e-8))[objects.flatten()].median().item()
+    gen, report = torch.Generator().manual_seed(seed), dict(object_share=round(objects.float().mean().item(), 3),
+                                                            far=round(far, 3))
+    for share in (0.0, *shares):
+        new = torch.where(objects & (torch.rand(ids.shape, generator=gen) < share), second, ids)
+        images = torch.cat([vq.decode(i).clamp(0, 1) for i in new.split(200)])
+        report[f"seen_overall@{share}"] = round(summarise(reps, score_images(images, reps))["seen"]["overall"], 3)
+    return report
+
+
 def print_table(rows):
     for split in ("seen", "held-out"):
         tasks = [t for t in TASKS if t in rows[0].get(split, {})]
@@ -400,11 +420,12 @@ def main(argv=None):
         rng = np.random.default_rng(a.seed)
         renders = render_batch([scene_for(m, rng) for m in reps])
         with torch.no_grad():
-            ids = torch.cat([t2i.vq.encode(x)[1] for x in renders.split(200)])          # [B, h, w]
+            latents, ids = (torch.cat(x) for x in zip(*[t2i.vq.encode(x) for x in renders.split(200)]))  # [B, h, w]
             recon = torch.cat([t2i.vq.decode(i).clamp(0, 1) for i in ids.split(200)])
-        for name, images in (("renders", renders), ("VQ reconstructions", recon)):
-            print(name, json.dumps(summarise(reps, score_images(images, reps))))
-        print("tokens", json.dumps(token_report(t2i, renders, ids, [m["prompt"] for m in reps], a.seed)))
+            for name, images in (("renders", renders), ("VQ reconstructions", recon)):
+                print(name, json.dumps(summarise(reps, score_images(images, reps))))
+            print("tokens", json.dumps(token_report(t2i, renders, ids, [m["prompt"] for m in reps], a.seed)))
+            print("second codes", json.dumps(second_code_report(t2i.vq, renders, latents, ids, reps, a.seed)))
         return
     if a.command == "sample":
         if not a.geneval_out:

@@ -196,6 +196,22 @@ def test_token_report_reads_the_ids_the_teacher_must_predict():
     assert 0 <= report["plain_code_bits"] <= 8 and 0 < report["ce_plain@0.5"] < report["ce_object@0.5"]
 
 
+@pytest.mark.skipif(not os.path.isdir(BUNDLED), reason="the bundled toy world is not in assets/")
+def test_second_code_report_changes_object_ids_alone(monkeypatch):
+    t2i = gt.T2I("meissonic", None)
+    metas = [m for m in scenes.geneval_metadata() if m["split"] == "seen"][:3]
+    renders = scenes.render_batch([scenes.scene_for(m, np.random.default_rng(0)) for m in metas])
+    latents, ids = t2i.vq.encode(renders)
+    decoded, decode = [], t2i.vq.decode
+    monkeypatch.setattr(t2i.vq, "decode", lambda i: decoded.append(i) or decode(i))
+    report = gt.second_code_report(t2i.vq, renders, latents, ids, metas, 0, shares=(1.0,))
+    objects = ~background_patches(renders, 4).view_as(ids)
+    assert torch.equal(decoded[0], ids) and torch.equal(decoded[1][~objects], ids[~objects])
+    assert (decoded[1][objects] != ids[objects]).all() and report["far"] >= 1
+    assert report["object_share"] == round(objects.float().mean().item(), 3) and set(report) == {
+        "object_share", "far", "seen_overall@0.0", "seen_overall@1.0"}
+
+
 def test_t2i_without_its_text_side_is_one_line(tmp_path):
     import train
     with pytest.raises(UserError, match="run python train.py vq"):
