@@ -126,6 +126,8 @@ class Decoder(ViT):
 class TATiTok(nn.Module):
     """``TATiTok(config)`` for ``quantize_mode vq``: ``encode``, ``quantize``, ``decode_tokens``, ``forward``."""
 
+    reads_text = True                                         # its decoder reads the prompt (teacher.tokens_to_images)
+
     def __init__(self, crop_size=256, enc=SIZES["base"], dec=SIZES["large"], enc_patch=16, dec_patch=16,
                  num_latent_tokens=128, token_size=64, codebook_size=8192, text_context_length=77,
                  text_embed_dim=768, use_l2_norm=False, clustering_vq=False):

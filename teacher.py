@@ -39,6 +39,7 @@ from data import save_image_grid
 from masking import SCHEDULES, STEP_COUNTS, guidance_at, guided_logits, halton_counts, maskbit_masked_after
 from maskbit import LFQBert
 from maskgit import MaskTransformer
+from maskgen import MaskGenCondition
 from meissonic import MeissonicTransformer, TextCondition
 from text_encoder import CLIPTokenizer, encode_prompts, load_text_encoder
 from tokenizer import build_tokenizer
@@ -152,6 +153,19 @@ def prompt_condition(tokenizer, encoder, prompts, negative_prompt, micro_conds, 
     return TextCondition(hidden, pooled, neg_hidden, neg_pooled, micro, None, counter)
 
 
+def maskgen_condition(tokenizer, encoder, prompts, aesthetic=6.5):
+    """Prompts -> a MaskGenCondition: each prompt's penultimate states and pooled projection, the empty prompt's as
+    the unconditional branch (MaskGen's sampler and its caption dropout), the aesthetic score for every sample, and
+    the prompt's final-layer states for TA-TiTok's decoder."""
+    if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+        raise UserError("a prompt is empty: pass --prompt \"two red circles left of a blue square\"")
+    device = next(encoder.parameters()).device
+    hidden, pooled, final = encode_prompts(tokenizer, encoder, prompts, device, final=True)
+    neg_hidden, neg_pooled = encode_prompts(tokenizer, encoder, [""] * len(prompts), device)
+    return MaskGenCondition(hidden, pooled[:, None], neg_hidden, neg_pooled[:, None],      # [B, P] -> [B, 1, P]
+                            torch.full((len(prompts),), float(aesthetic), device=device), final)
+
+
 def load_pair(preset, teacher_ckpt=None, tokenizer_ckpt=None, verbose=True):
     """-> (teacher, tokenizer, resolved preset name).  Presets with bundled weights need no paths; ``maskbit``
     without paths means the bundled toy MaskBit pair, said in one line."""
@@ -263,9 +277,14 @@ def sample(model, labels, steps, schedule="arccos", temperature=1.0, randomize_t
 
 
 @torch.no_grad()
-def tokens_to_images(model, tokenizer, tokens):
-    """Tokens [B, N, S] of a teacher (or its one-step copy) -> images [B, 3, H, W], float32 in [0, 1], on the CPU."""
+def tokens_to_images(model, tokenizer, tokens, cond=None):
+    """Tokens [B, N, S] of a teacher (or its one-step copy) -> images [B, 3, H, W], float32 in [0, 1], on the CPU.
+    TA-TiTok's decoder reads the prompt too: pass its MaskGenCondition as ``cond``."""
     ids = model.to_indices(tokens)                                     # [B, N]
+    if getattr(tokenizer, "reads_text", False):
+        if getattr(cond, "final", None) is None:
+            raise ValueError("TA-TiTok decodes with the prompt: pass the MaskGenCondition the tokens were sampled with")
+        return tokenizer.decode_tokens(ids, cond.final).float().clamp(0, 1).cpu()
     if getattr(model, "token_grid", None):                             # text-to-image: its grid may be non-square
         ids = ids.reshape(ids.shape[0], *model.token_grid)             # [B, N] -> [B, h, w]
     return tokenizer.indices_to_images(ids).float().clamp(0, 1).cpu()

@@ -287,3 +287,27 @@ def test_tatitok_l2_normed_codes_and_the_clustering_buffer():
     torch.testing.assert_close(z_q.norm(dim=1), torch.ones(3, 1, 4))
     torch.testing.assert_close(z_q, model.codes(ids[:, 0]))
     assert model.state_dict()["quantize.embed_prob"].shape == (10,)
+
+
+def test_prompts_to_images_end_to_end_at_tiny_sizes():
+    """teacher.maskgen_condition -> sample (MaskGen's rule) -> tokens_to_images through TA-TiTok, which reads the
+    prompt: a prompt's own states differ from the empty prompt's, and decoding without the condition is refused."""
+    from teacher import maskgen_condition, sample, tokens_to_images
+    from text_encoder import CLIPTokenizer
+    tok = CLIPTokenizer.from_folder("tests/golden/clip_tokenizer", max_length=5)
+    torch.manual_seed(0)
+    enc = CLIPTextEncoder(**dict(open_clip_config(embed_dim=12, text_cfg=dict(context_length=5, vocab_size=len(
+        tok.vocab), width=12, heads=2, layers=2)), eos_token_id=tok.vocab["<|endoftext|>"])).eval()
+    cond = maskgen_condition(tok, enc, ["a red circle", "two squares"], aesthetic=6.0)
+    assert cond.pooled.shape == (2, 1, 12) and cond.final.shape == (2, 5, 12) and cond.aesthetic.tolist() == [6., 6.]
+    assert not torch.equal(cond.hidden, cond.neg_hidden)
+    model, vq = tiny_maskgen(num_latent_tokens=4, codebook_size=10), tiny_tatitok()
+    tokens = sample(model, cond, 4, randomize_temperature=2.0, guidance=5.0, guidance_anneal="maskgen",
+                    draw="gumbel-max", generator=torch.Generator().manual_seed(0))
+    assert tokens.shape == (2, 4, 1) and (tokens < 10).all()
+    images = tokens_to_images(model, vq, tokens, cond)
+    assert images.shape == (2, 3, 16, 16) and 0 <= images.min() and images.max() <= 1
+    with pytest.raises(ValueError, match="decodes with the prompt"):
+        tokens_to_images(model, vq, tokens)
+    with pytest.raises(UserError, match="a prompt is empty"):
+        maskgen_condition(tok, enc, ["  "])
