@@ -322,7 +322,8 @@ def teacher_table(t2i, metas, steps_list, settings, per_prompt, seed):
 def token_report(t2i, renders, ids, prompts, seed, ratios=(0.1, 0.5, 0.9)):
     """What the VQ model's ids [B, h, w] of renders leave the teacher: the entropy (bits) of the ids of
     plain-background patches, and the teacher's masked cross-entropy (nats) on plain and on object patches with a
-    share ``ratio`` of ids masked."""
+    share ``ratio`` of ids masked, given the prompt and (``_empty``) given the empty prompt: how much it reads the
+    text."""
     gen = torch.Generator().manual_seed(seed)
     ids = ids.flatten(1)                                                                 # [B, h, w] -> [B, N]
     with torch.no_grad():
@@ -334,10 +335,11 @@ def token_report(t2i, renders, ids, prompts, seed, ratios=(0.1, 0.5, 0.9)):
         for ratio in ratios:
             mask = torch.rand(ids.shape, generator=gen) < ratio                          # [B, N]
             x_t = torch.where(mask, t2i.model.mask_id, ids)[..., None]                   # [B, N] -> [B, N, 1]
-            logits = t2i.model.logits(x_t, cond, keep)[:, :, 0].float()                  # [B, N, K]
-            ce = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none")          # [B, N]
-            report[f"ce_plain@{ratio}"] = round(ce[mask & plain].mean().item(), 3)
-            report[f"ce_object@{ratio}"] = round(ce[mask & ~plain].mean().item(), 3)
+            for drop, tail in ((keep, ""), (~keep, "_empty")):
+                logits = t2i.model.logits(x_t, cond, drop)[:, :, 0].float()              # [B, N, K]
+                ce = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none")      # [B, N]
+                report[f"ce_plain{tail}@{ratio}"] = round(ce[mask & plain].mean().item(), 3)
+                report[f"ce_object{tail}@{ratio}"] = round(ce[mask & ~plain].mean().item(), 3)
     return report
 
 
