@@ -180,8 +180,17 @@ def embed(net, images, batch=EVAL_BATCH):
     return feats, net.head(feats).argmax(1)
 
 
+def held_out_reference(data, n_ref, features):
+    """-> (feature network, its checkpoint, the held-out images' features)."""
+    net, ckpt = load_features(features)
+    ref, _, nclass = load_images(data, "test", n_ref if data == "toy" else None)
+    if nclass != net.nclass:
+        raise UserError(f"feature network '{features}' has {net.nclass} classes but the data has {nclass}")
+    return net, ckpt, embed(net, ref)[0]
+
+
 # The toy reference (held-out images drawn from fixed seeds, 4 s to draw and embed) computed once per process and
-# feature file: runs that evaluate several times in one process (the tests, bench.py) reuse it.
+# feature file (its path, mtime and size): runs that evaluate several times in one process (the tests) reuse it.
 TOY_REFERENCE = {}
 
 
@@ -189,20 +198,13 @@ class Evaluator:
     """Holds the feature network and the reference (held-out) features; ``__call__`` scores a set of images."""
 
     def __init__(self, data="toy", n_ref=5000, features=FEATURES):
-        stat = os.stat(features) if os.path.isfile(features) else None
-        key = (os.path.abspath(features), stat.st_mtime_ns, stat.st_size, n_ref) if stat and data == "toy" else None
-        if key in TOY_REFERENCE:
-            self.net, ckpt, self.ref_features, n = TOY_REFERENCE[key]
-        else:
-            self.net, ckpt = load_features(features)
-            ref, _, nclass = load_images(data, "test", n_ref if data == "toy" else None)
-            if nclass != self.net.nclass:
-                raise UserError(f"feature network '{features}' has {self.net.nclass} classes but the data has "
-                                f"{nclass}")
-            self.ref_features, n = embed(self.net, ref)[0], len(ref)
-            if key is not None:
-                TOY_REFERENCE[key] = self.net, ckpt, self.ref_features, n
-        self.info = dict(data=data, n_reference=n, features=os.path.relpath(features),
+        stat = os.stat(features) if data == "toy" and os.path.isfile(features) else None
+        key = (os.path.abspath(features), stat.st_mtime_ns, stat.st_size, n_ref) if stat else None
+        found = TOY_REFERENCE.get(key) or held_out_reference(data, n_ref, features)
+        if key is not None:
+            TOY_REFERENCE[key] = found
+        self.net, ckpt, self.ref_features = found
+        self.info = dict(data=data, n_reference=len(self.ref_features), features=os.path.relpath(features),
                          feature_test_accuracy=ckpt["stats"]["test_accuracy"])
 
     def __call__(self, images, labels):

@@ -155,8 +155,8 @@ def maskgen_forward(preset="maskgen", seed=0):
     generator, tokenizer = MaskGenVQ(**p["generator"]).eval(), TATiTok(**p["tokenizer"]).eval()
     text = CLIPTextEncoder(**open_clip_config(**p["text_encoder"])).eval()
     build_s = round(time.perf_counter() - t0, 1)
-    n, k, t = p["generator"]["num_latent_tokens"], p["generator"]["codebook_size"], p["text_encoder"]["text_cfg"]
-    length, width = t["context_length"], t["width"]
+    n, k, text_cfg = p["generator"]["num_latent_tokens"], p["generator"]["codebook_size"], p["text_encoder"]["text_cfg"]
+    length, width = text_cfg["context_length"], text_cfg["width"]
     count = {name: sum(t.numel() for t in m.parameters()) for name, m in
              (("generator", generator), ("text_encoder", text), ("tokenizer", tokenizer))}
 
@@ -167,7 +167,7 @@ def maskgen_forward(preset="maskgen", seed=0):
                build_s=build_s, image_px=p["tokenizer"]["crop_size"], tokens=n, prompt_tokens=length)
     row["generator_forward_b1_s"] = timed(forward(1))
     row["generator_forward_b2_s"] = timed(forward(2))
-    row["text_encoder_forward_s"] = timed(lambda: text(torch.randint(0, t["vocab_size"], (1, length))))
+    row["text_encoder_forward_s"] = timed(lambda: text(torch.randint(0, text_cfg["vocab_size"], (1, length))))
     row["tatitok_decode_s"] = timed(lambda: tokenizer.decode_tokens(torch.randint(0, k, (1, n)),
                                                                     torch.randn(1, length, width)))
     print(json.dumps(row), flush=True)

@@ -349,12 +349,13 @@ def second_code_report(vq, renders, latents, ids, reps, seed, shares=(0.1, 0.25,
     median ratio of that code's distance to their own's."""
     flat = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])                 # [B, C, h, w] -> [B h w, C]
     d = torch.cdist(flat, vq.quantize.embedding.weight)                               # [B h w, K]
-    own = d.gather(1, ids.reshape(-1, 1))[:, 0]
-    second, objects = d.scatter(1, ids.reshape(-1, 1), float("inf")).argmin(1), ~background_patches(renders, vq.factor)
-    second, objects = second.view_as(ids), objects.view_as(ids)
-    far = (d.gather(1, second.reshape(-1, 1))[:, 0] / own.clamp_min(1e-8))[objects.flatten()].median().item()
-    gen, report = torch.Generator().manual_seed(seed), dict(object_share=round(objects.float().mean().item(), 3),
-                                                            far=round(far, 3))
+    own = ids.reshape(-1, 1)                                                          # [B h w, 1]
+    second = d.scatter(1, own, float("inf")).argmin(1)                                # the nearest other code
+    far = (d.gather(1, second[:, None]) / d.gather(1, own).clamp_min(1e-8))[:, 0]
+    second, objects = second.view_as(ids), ~background_patches(renders, vq.factor).view_as(ids)
+    report = dict(object_share=round(objects.float().mean().item(), 3),
+                  far=round(far[objects.flatten()].median().item(), 3))
+    gen = torch.Generator().manual_seed(seed)
     for share in (0.0, *shares):
         new = torch.where(objects & (torch.rand(ids.shape, generator=gen) < share), second, ids)
         images = torch.cat([vq.decode(i).clamp(0, 1) for i in new.split(200)])

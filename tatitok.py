@@ -103,10 +103,9 @@ class Decoder(ViT):
 
     def forward(self, z, text_guidance):
         b, g = len(z), self.grid
-        if text_guidance.shape[1:] != self.text_guidance_positional_embedding.shape[:1] + (self.text_guidance_proj
-                                                                                           .in_features,):
-            raise UserError(f"TA-TiTok text guidance {tuple(text_guidance.shape)}: expected [B, "
-                            f"{len(self.text_guidance_positional_embedding)}, {self.text_guidance_proj.in_features}] "
+        want = (len(self.text_guidance_positional_embedding), self.text_guidance_proj.in_features)   # (Lt, T)
+        if tuple(text_guidance.shape[1:]) != want:
+            raise UserError(f"TA-TiTok text guidance {tuple(text_guidance.shape)}: expected [B, {want[0]}, {want[1]}] "
                             f"(CLIP's final-layer states, every position)")
         lat = self.decoder_embed(z.flatten(1, 2).transpose(1, 2))                     # [B, C, 1, N] -> [B, N, W]
         lat = lat + self.latent_token_positional_embedding[:lat.shape[1]]

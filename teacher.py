@@ -136,12 +136,16 @@ def micro_conds(resolution, aesthetic):
     return [float(resolution), float(resolution), 0.0, 0.0, float(aesthetic)]
 
 
+def check_prompts(prompts):
+    if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+        raise UserError("a prompt is empty: pass --prompt \"two red circles left of a blue square\"")
+
+
 def prompt_condition(tokenizer, encoder, prompts, negative_prompt, micro_conds, counter=True):
     """Prompts (a list) -> a TextCondition: each prompt's CLIP encoding, the negative prompt's as the unconditional
     branch (the empty string when there is none, as the official pipeline), micro_conds [5] for every sample;
     ``counter``: pass the pipeline's step counter as the timestep (else 0, as Di[M]O)."""
-    if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
-        raise UserError("a prompt is empty: pass --prompt \"two red circles left of a blue square\"")
+    check_prompts(prompts)
     device = next(encoder.parameters()).device
     unknown = sorted({w for prompt in prompts for w in tokenizer.unknown_words(prompt)})
     if unknown:
@@ -157,8 +161,7 @@ def maskgen_condition(tokenizer, encoder, prompts, aesthetic=6.5):
     """Prompts -> a MaskGenCondition: each prompt's penultimate states and pooled projection, the empty prompt's as
     the unconditional branch (MaskGen's sampler and its caption dropout), the aesthetic score for every sample, and
     the prompt's final-layer states for TA-TiTok's decoder."""
-    if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
-        raise UserError("a prompt is empty: pass --prompt \"two red circles left of a blue square\"")
+    check_prompts(prompts)
     device = next(encoder.parameters()).device
     hidden, pooled, final = encode_prompts(tokenizer, encoder, prompts, device, final=True)
     neg_hidden, neg_pooled = encode_prompts(tokenizer, encoder, [""] * len(prompts), device)
@@ -248,20 +251,21 @@ def sample(model, labels, steps, schedule="arccos", temperature=1.0, randomize_t
             z = guided_logits(model, tokens, cond, w).float() / (temperature * (0.5 + 0.8 * (1 - r)))
             a = randomize_temperature * (1 - r)
             pred = torch.where(masked, (z + a * gumbel(z.shape, generator, z.device)).argmax(-1), tokens)
-            conf = z.gather(-1, pred[..., None])[..., 0] + a * gumbel(tokens.shape, generator, z.device)
         else:
             logits = guided_logits(model, tokens, cond, w).float() / temperature
             probs = torch.softmax(logits, dim=-1)                      # [B, N, S, V]
             pred = torch.multinomial(probs.flatten(0, 2), 1, generator=generator).reshape(tokens.shape)  # [B, N, S]
             pred = torch.where(masked, pred, tokens)
-            if i < steps - 1 and remask == "random":
-                conf = torch.rand(tokens.shape, generator=generator, device=tokens.device)
-            elif i < steps - 1:
-                progress = (i + 1) / steps if noise_anneal == "maskbit" else i / (steps - 1)
-                conf = torch.log(probs.gather(-1, pred[..., None])[..., 0].clamp_min(1e-30)) + \
-                    gumbel(tokens.shape, generator, tokens.device) * randomize_temperature * (1 - progress)
         if i == steps - 1:
             return pred
+        if draw == "gumbel-max":
+            conf = z.gather(-1, pred[..., None])[..., 0] + a * gumbel(tokens.shape, generator, z.device)
+        elif remask == "random":
+            conf = torch.rand(tokens.shape, generator=generator, device=tokens.device)
+        else:
+            progress = (i + 1) / steps if noise_anneal == "maskbit" else i / (steps - 1)
+            conf = torch.log(probs.gather(-1, pred[..., None])[..., 0].clamp_min(1e-30)) + \
+                gumbel(tokens.shape, generator, tokens.device) * randomize_temperature * (1 - progress)
         conf = torch.where(masked, conf, torch.full_like(conf, float("inf")))  # never re-mask a decided entry
         if counts is None:
             keep_masked = maskbit_masked_after(i, steps, m, schedule).to(tokens.device)
