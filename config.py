@@ -172,7 +172,7 @@ PRESETS["meissonic"] = dict(
     prompt=dict(negative_prompt=MEISSONIC_NEGATIVE, resolution=1024, aesthetic=6.0, timestep="counter"),
     distill=dict(steps=20000, batch_size=16, lr=1e-6, lr_aux=1e-6, normalisation="sum", label_smoothing=0.1,
                  r_init=0.5, sigma_init=0.3, teacher_cfg=4.0, gen_temperature=1.0, aux_updates=1, lr_decay=0.0,
-                 negative_prompt=MEISSONIC_NEGATIVE, timestep="zero"),
+                 negative_prompt=MEISSONIC_NEGATIVE, timestep="zero", schedule="cosine"),
     released=dict(generator="MeissonFlow/Meissonic (the whole folder: transformer/, vqvae/, text_encoder/, "
                             "tokenizer/)", tokenizer="(inside the same folder: vqvae/)"),
 )
@@ -227,6 +227,9 @@ PRESETS["meissonic-toy"] = dict(
     sampler=dict(steps=16, schedule="cosine", temperature=1.0, randomize_temperature=2.0, remask="confidence",
                  guidance=5.0, guidance_anneal="none", scale_pow=1.0, step_counts="maskbit", noise_anneal="halton"),
     prompt=dict(negative_prompt="", resolution=48, aesthetic=6.0, timestep="zero"),
+    distill=dict(steps=1000, batch_size=32, lr=3e-4, lr_aux=2e-3, normalisation="sum", label_smoothing=0.1,
+                 r_init=0.5, sigma_init=0.3, teacher_cfg=4.0, gen_temperature=1.0, aux_updates=1, lr_decay=1.0,
+                 negative_prompt="", schedule="cosine", tune_temperature="0.5,1.0"),
     bundled=dict(folder=os.path.join(ASSETS, "meissonic_toy")),
     released=dict(generator="(bundled) assets/meissonic_toy/", tokenizer="(bundled) assets/meissonic_toy/vqvae/"),
 )

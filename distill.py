@@ -40,6 +40,7 @@ or 'sum' (the released code: sum over masked entries divided by the batch size, 
 Default: 'sum' for image teachers (what was run), 'mean' for toy-vocab (docs/toy_vocab.md has the measurements).
 
 Run:  python distill.py --teacher maskbit                   (the bundled toy MaskBit pair, a few minutes on CPU)
+      python distill.py --teacher meissonic     (the toy text-to-image world; prompts only: text_task.py)
       python distill.py --teacher toy-vocab --vocab 4 --length 4 --seed 0       (known answer: TV to the target)
       torchrun --nproc_per_node=2 distill.py ...             (DDP; docs/reliability.md)
 Shapes: B batch, N tokens, S splits, V classes per split.
@@ -59,7 +60,7 @@ from config import ArgumentParser, UserError, check_range, cli, runtime
 from generator import draw_r_init, generate, parse_r_init, sample_tokens, sigma_at, token_init
 from masking import guided_logits, random_mask
 from optim import ema_update
-from tasks import build_task
+from text_task import build_task
 
 DIVERGENCES = ("fkl", "rkl", "jeffreys")
 
@@ -187,7 +188,7 @@ def generator_update(run, step, r_init, sigma):
     a, rng = run.args, run.rng
     run.opt_g.zero_grad(set_to_none=True)
     for _ in range(a.grad_accum):
-        labels = torch.randint(0, run.teacher.nclass, (a.batch_size,), generator=rng).to(run.rt.device)
+        labels = run.draw_labels(a.batch_size, rng)                      # class ids [B], or prompts' conditions
         x_init = token_init(run.gen, a.batch_size, r_init, rng).to(run.rt.device)
         loss, stats = generator_loss(run, labels, x_init, sigma)
         check_finite("generator loss", loss.item(), step)
@@ -206,7 +207,7 @@ def aux_update(run, step, sigma):
         run.opt_aux.zero_grad(set_to_none=True)
         for _ in range(a.grad_accum):
             with torch.no_grad():
-                labels = torch.randint(0, run.teacher.nclass, (a.batch_size,), generator=rng).to(run.rt.device)
+                labels = run.draw_labels(a.batch_size, rng)
                 x_fresh = generate(run.gen, labels, draw_r_init(a.r_init, rng), sigma, a.train_temperature, rng)
             with run.rt.autocast():
                 loss = aux_loss(run.aux_call, run.aux.mask_id, x_fresh, labels, a.schedule, a.label_smoothing, rng)
@@ -274,7 +275,10 @@ def runtime_args(p):
 def build_parser():
     p = ArgumentParser(prog="distill.py", description="Di[M]O: distil a masked teacher into a one-step generator")
     p.add_argument("--teacher", default="maskbit", help="preset, or 'toy-vocab' (python config.py lists presets)")
-    p.add_argument("--teacher-ckpt", help="teacher weights (default: the bundled ones for toy presets)")
+    p.add_argument("--teacher-ckpt", help="teacher weights (default: the bundled ones for toy presets; text-to-image: "
+                   "the released folder)")
+    p.add_argument("--prompts", help="text teachers: a file of prompts, one per line (default: the toy captions)")
+    p.add_argument("--negative-prompt", help="text teachers: the teacher's CFG branch (default: the preset's)")
     p.add_argument("--tokenizer-ckpt", help="tokenizer weights")
     p.add_argument("--out", default="runs/distill", help="output folder")
     p.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR (its settings are reused)")
@@ -302,7 +306,7 @@ def build_parser():
     p.add_argument("--teacher-cfg", type=float, help="teacher guidance w during distillation (1: none)")
     p.add_argument("--teacher-dropout", action="store_true", help="the teacher's distillation passes in train mode "
                    "(dropout on), as the official MaskGIT run did by accident; default: eval mode")
-    p.add_argument("--schedule", default="arccos", help="mask schedule for x_t and the auxiliary model")
+    p.add_argument("--schedule", help="mask schedule for x_t and the auxiliary model (arccos; Meissonic: cosine)")
     p.add_argument("--train-temperature", type=float, help="tau: training draws from softmax(z / tau), and "
                    "softmax(z / tau) is what is matched (1: the paper's; default per preset)")
     p.add_argument("--gen-temperature", type=float, help="generator inference temperature; 'tune' below")

@@ -38,10 +38,10 @@ import torch
 
 import ddp
 from checkpoints import load_checkpoint
-from config import ArgumentParser, UserError, check_range, parse_labels, runtime
+from config import ArgumentParser, UserError, check_range, get_preset, parse_labels, runtime
 from data import save_image_grid
 from maskbit import LFQBert
-from teacher import load_pair, tokens_to_images
+from teacher import load_meissonic, load_pair, micro_conds, prompt_condition, text_to_image_folder, tokens_to_images
 
 
 def token_init(model, batch, r_init, generator=None, device="cpu"):
@@ -130,7 +130,9 @@ def load_run(folder, device="cpu", temperature=None, sigma=None):
     """A distill.py or soft_refine.py run folder -> (EMA generator in eval mode, tokenizer, the run's settings,
     its checkpoint, the sampling temperature, preset name).  The temperature: the one given, else the one the
     run's evaluation tuned, else the run's --gen-temperature (0 counts as given, and is then rejected).  The
-    settings' 'gen_sigma', the inference sigma, the same way: given, tuned, else the run's sigma_init."""
+    settings' 'gen_sigma', the inference sigma, the same way: given, tuned, else the run's sigma_init.  A text
+    run's settings also hold 'text_side': (CLIP tokenizer, text encoder, micro-conditions); its tokenizer is the VQ
+    model."""
     ckpt = load_checkpoint(os.path.join(folder, "checkpoint.pt"), "run checkpoint")
     run = ckpt["args"]
     if run["teacher"] == "toy-vocab":
@@ -138,7 +140,13 @@ def load_run(folder, device="cpu", temperature=None, sigma=None):
     metrics_path = os.path.join(folder, "metrics.json")
     metrics = json.load(open(metrics_path)) if os.path.isfile(metrics_path) else {}
     tuned, tuned_sigma = metrics.get("gen_temperature"), metrics.get("gen_sigma")
-    teacher, tokenizer, preset = load_pair(run["teacher"], run["teacher_ckpt"], run["tokenizer_ckpt"], verbose=False)
+    if run["teacher"] != "toy-vocab" and get_preset(run["teacher"])["family"] == "meissonic":   # text_task.py's run
+        preset, t2i_folder = text_to_image_folder(run["teacher"], run["teacher_ckpt"], verbose=False)
+        p = get_preset(preset)
+        teacher, tokenizer, tok, enc = load_meissonic(t2i_folder, p["prompt"]["resolution"], verbose=False)
+        run = dict(run, text_side=(tok, enc, micro_conds(p["prompt"]["resolution"], p["prompt"]["aesthetic"])))
+    else:
+        teacher, tokenizer, preset = load_pair(run["teacher"], run["teacher_ckpt"], run["tokenizer_ckpt"], False)
     gen = make_generator(teacher)
     gen.load_state_dict(ckpt["ema"], strict=True)
     temperature = next(t for t in (temperature, tuned, run["gen_temperature"]) if t is not None)
@@ -165,6 +173,7 @@ def main_sample(argv=None):
     parser.add_argument("--run", required=True, help="a distill.py output folder (holds checkpoint.pt)")
     parser.add_argument("--n", type=int, default=32)
     parser.add_argument("--labels", help="class ids, comma separated (default: 0, 1, 2, ... cycled)")
+    parser.add_argument("--prompt", action="append", help="a text run: a prompt (repeat the flag; cycled to --n)")
     parser.add_argument("--temperature", type=float, help="default: the run's tuned temperature")
     parser.add_argument("--sigma", type=float, help="inference sigma (default: the run's tuned one)")
     parser.add_argument("--seed", type=int, default=0)
@@ -174,12 +183,23 @@ def main_sample(argv=None):
     check_range("--n", args.n, low=1)
     rt = runtime(args.device)
     gen, tokenizer, run, ckpt, temperature, preset = load_run(args.run, rt.device, args.temperature, args.sigma)
-    labels = parse_labels(args.labels, args.n, gen.nclass).to(rt.device)
+    if "text_side" in run:                                              # prompts: the generator is never guided
+        if not args.prompt or args.labels:
+            raise UserError(f"{args.run} is a text-to-image run: pass --prompt \"...\" (not --labels)")
+        tok, enc, micro = run["text_side"]
+        shown = [args.prompt[i % len(args.prompt)] for i in range(args.n)]
+        labels = prompt_condition(tok, enc.to(rt.device), shown, "", micro, counter=False)
+    else:
+        if args.prompt:
+            raise UserError(f"{args.run} is a class-to-image run: pass --labels, not --prompt")
+        shown = parse_labels(args.labels, args.n, gen.nclass).to(rt.device)
+        labels = shown
     g = torch.Generator(rt.device).manual_seed(args.seed)
     tokens = generate(gen, labels, draw_r_init(run["r_init"], g), run["gen_sigma"], temperature, g)
     save_image_grid(tokens_to_images(gen, tokenizer, tokens), args.out)
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-        json.dump(dict(run=args.run, step=ckpt["step"], teacher=preset, n=args.n, labels=labels.tolist(),
+        json.dump(dict(run=args.run, step=ckpt["step"], teacher=preset, n=args.n,
+                       labels=shown if isinstance(shown, list) else shown.tolist(),
                        seed=args.seed, temperature=temperature, r_init=run["r_init"],
                        sigma=run["gen_sigma"]), f, indent=1)
     print(f"wrote {args.out} ({args.n} one-step samples, temperature {temperature}, sigma {run['gen_sigma']})")

@@ -1,30 +1,4 @@
-"""GenEval-toy: GenEval's six tasks and scoring rules on the toy scenes, with a detector that needs no weights.
-
-GenEval (Ghosh et al. 2023) scores a text-to-image model by detecting the objects of each generated image
-(Mask2Former), classifying each one's colour (CLIP on the masked crop), and checking the prompt's metadata:
-``include`` groups need at least ``count`` detections of their class (their colour on the first ``count``; a
-positioned group each of its objects in the relation to each object of the target group, by ``relative_position``),
-``exclude`` groups fewer than ``count``.  An image is correct when every clause holds; a task's score is the mean over
-its images, the overall score the mean of the six tasks.  All of that is followed here (``evaluate``), with the same
-constants where they transfer (POSITION_THRESHOLD 0.1, detections sorted by confidence, a stricter confidence for
-counting); the official evaluator's code is not used.
-
-The detector (ours, not learned; ``detect``): the scenes are flat colours on a known plain background, so
-
-1. a pixel is an object's when it is nearer to one of the named colours than to the background (more than about
-   half covered), and takes that colour's name (the colour check is then the component's own colour);
-2. the pixels of one colour split into 4-connected components; components under ``MIN_AREA`` pixels are dropped;
-3. each component's mask is compared with every shape drawn to fill the component's box (scenes.shape_mask at the
-   shape's own extent); the best shape is its class and that intersection over union its confidence, kept when
-   above ``THRESHOLD`` (``COUNTING_THRESHOLD`` on counting prompts, as GenEval raises its threshold there).
-
-Failure modes (stated, and measured by ``python geneval_toy.py detector``): two touching objects of one colour merge
-into one component (one detection or none, so counts come out low); a shape drawn smeared or broken gets a low IoU
-and is missed (counted as absent rather than misclassified); a colour between two named ones (a reddish orange) takes
-the nearer name; colour fringes smaller than MIN_AREA are ignored, larger stray blobs become detections only if
-shape-like.
-
-Shapes: B images, H x W pixels, C named colours.
+"""GenEval-toy: the toy text-to-image world's teacher on GenEval's six tasks, scored by geneval_rules.py.
 
 The teacher's table (``python geneval_toy.py teacher --steps-list 1,2,4,8,16,32,48``): every GenEval-toy prompt
 sampled ``--per-prompt`` times at each number of steps, scored per task on seen and held-out prompts apart, and the
@@ -34,9 +8,12 @@ DIR/00000/samples/0000.png, ...), for GenEval-toy's prompts or, with ``--metadat
 evaluation_metadata.jsonl, so that a user with a GPU scores a released model with the official GenEval.
 
 Run: ``python geneval_toy.py detector`` (accuracy on ground-truth renders per task, and on renders with a deliberate
-error, which must fail); ``python geneval_toy.py tokenizer`` (the same renders through the VQ model: the ceiling of
+error, which must fail, and on noise: random VQ ids decoded, ``noise_floor``); ``python geneval_toy.py tokenizer``
+(the same renders through the VQ model: the ceiling of
 any teacher on it; what its ids leave the teacher, ``token_report``; how near-equal codes decode,
 ``second_code_report``); ``python geneval_toy.py metadata --out evaluation_metadata.jsonl``.
+
+Shapes: B images, H x W pixels, h x w ids.
 """
 import json
 import os
@@ -50,197 +27,11 @@ from checkpoints import atomic_write
 from config import ArgumentParser, UserError, check_range, get_preset
 from data import save_image_grid, to_uint8
 from eval import frechet_distance
+from geneval_rules import check_detector, noise_floor, score_images, summarise
+from scenes import SHAPES, SIZE, TASKS, geneval_metadata, render_batch, scene_for
 from teacher import add_sampler_args, load_meissonic, micro_conds, prompt_condition, sample, sampler_settings
 from teacher import text_to_image_folder, tokens_to_images
 from train_t2i import background_patches, entropy_bits, load_image_tower
-
-from scenes import (BACKGROUND, COLOURS, EXTENT, RELATIONS, SHAPES, SIZE, TASKS, geneval_metadata, relative_position,
-                    render_batch, scene_for, shape_mask)
-
-MIN_AREA = 12                  # pixels; the smallest object (a triangle of radius 5) covers about 40
-THRESHOLD = 0.5                # shape IoU to count as a detection (GenEval's detector confidence: 0.3)
-COUNTING_THRESHOLD = 0.6       # on counting prompts (GenEval's: 0.9)
-COLOUR_NAMES = tuple(COLOURS)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The detector.
-# ----------------------------------------------------------------------------------------------------------------
-def colour_map(images):
-    """images [B, 3, H, W] in [0, 1] -> colour index per pixel [B, H, W] (-1: background).  An edge pixel is a
-    blend bg + a (c - bg) of the background and its object's colour c, so each pixel is projected on the segment
-    from the background to every named colour: the colour of the nearest segment names it, and it is an object's
-    pixel when its blend weight a there is above one half."""
-    px = images.float().permute(0, 2, 3, 1)[..., None, :]                       # [B, H, W, 1, 3]
-    bg = torch.tensor(BACKGROUND)
-    direction = torch.tensor(list(COLOURS.values())) - bg                       # [C, 3]
-    a = (((px - bg) * direction).sum(-1) / (direction ** 2).sum(-1)).clamp(0, 1)  # [B, H, W, C]
-    residual = ((px - bg - a[..., None] * direction) ** 2).sum(-1)              # [B, H, W, C]
-    nearest = residual.argmin(-1)                                               # [B, H, W]
-    weight = a.gather(-1, nearest[..., None])[..., 0]
-    return torch.where(weight > 0.5, nearest, torch.full_like(nearest, -1))
-
-
-def components(colours):
-    """4-connected components of equal colour: [B, H, W] colour ids -> component ids [B, H, W] (0: background),
-    by propagating the largest pixel number through same-colour neighbours until nothing changes."""
-    b, h, w = colours.shape
-    ids = torch.arange(1, h * w + 1).reshape(1, h, w).expand(b, h, w).clone()
-    ids[colours < 0] = 0
-    while True:
-        new = ids.clone()
-        for dim, step in ((1, 1), (1, -1), (2, 1), (2, -1)):
-            shifted, same = torch.roll(ids, step, dim), torch.roll(colours, step, dim) == colours
-            edge = torch.zeros_like(same)                                       # no wrap-around at the border
-            if dim == 1:
-                edge[:, 0 if step == 1 else -1] = True
-            else:
-                edge[:, :, 0 if step == 1 else -1] = True
-            new = torch.where(same & ~edge & (ids > 0), torch.maximum(new, shifted), new)
-        if torch.equal(new, ids):
-            return ids
-        ids = new
-
-
-def shape_scores(mask):
-    """A component's mask cropped to its box [h, w] -> IoU with each shape drawn to fill that box."""
-    h, w = mask.shape
-    scores = {}
-    for shape in SHAPES:
-        left, top, right, bottom = EXTENT[shape]
-        u = -left + (np.arange(w) + 0.5) / w * (left + right)
-        v = -top + (np.arange(h) + 0.5) / h * (top + bottom)
-        template = shape_mask(shape, *np.meshgrid(u, v))
-        scores[shape] = (mask & template).sum() / max((mask | template).sum(), 1)
-    return scores
-
-
-def detect(images, threshold=THRESHOLD):
-    """images [B, 3, H, W] -> per image {class: [(box (x0, y0, x1, y1), confidence, colour), ...]}, each list
-    sorted by confidence, highest first (GenEval's order)."""
-    colours = colour_map(images)
-    ids = components(colours).numpy()
-    colours = colours.numpy()
-    out = []
-    for i in range(len(ids)):
-        found = {}
-        for c in np.unique(ids[i]):
-            if c == 0:
-                continue
-            ys, xs = np.nonzero(ids[i] == c)
-            if len(ys) < MIN_AREA:
-                continue
-            y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-            scores = shape_scores(ids[i, y0:y1, x0:x1] == c)
-            shape = max(scores, key=scores.get)
-            if scores[shape] > threshold:
-                colour = COLOUR_NAMES[colours[i, ys[0], xs[0]]]
-                found.setdefault(shape, []).append(((int(x0), int(y0), int(x1), int(y1)), float(scores[shape]), colour))
-        out.append({k: sorted(v, key=lambda d: -d[1]) for k, v in found.items()})
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# GenEval's rules.
-# ----------------------------------------------------------------------------------------------------------------
-def evaluate(found, meta):
-    """One image's detections and its metadata -> (correct, reason), by GenEval's rules: include clauses ANDed
-    (count, colour of the first ``count`` detections, position against the matched target group), exclude clauses
-    ORed."""
-    reasons, groups = [], []
-    for req in meta.get("include", []):
-        name, objs, ok = req["class"], found.get(req["class"], [])[:req["count"]], True
-        if len(objs) < req["count"]:
-            ok = False
-            reasons.append(f"expected {name}>={req['count']}, found {len(objs)}")
-        else:
-            if "color" in req and sum(o[2] == req["color"] for o in objs) < req["count"]:
-                ok = False
-                reasons.append(f"expected {req['color']} {name}>={req['count']}, found "
-                               f"{', '.join(o[2] for o in objs)}")
-            if "position" in req and ok:
-                rel, target = req["position"]
-                if groups[target] is None:
-                    ok = False
-                    reasons.append(f"no target for {name} to be {rel}")
-                else:
-                    for o in objs:
-                        bad = [t for t in groups[target] if rel not in relative_position(o[0], t[0])]
-                        if bad:
-                            ok = False
-                            reasons.append(f"expected {name} {rel} target, found "
-                                           f"{' and '.join(sorted(relative_position(o[0], bad[0][0])))} target")
-                            break
-        groups.append(objs if ok else None)
-    for req in meta.get("exclude", []):
-        if len(found.get(req["class"], [])) >= req["count"]:
-            reasons.append(f"expected {req['class']}<{req['count']}, found {len(found[req['class']])}")
-    return not reasons, "; ".join(reasons)
-
-
-def score_images(images, metas):
-    """images [B, 3, H, W] and a metadata dict per image -> a list of (correct, reason)."""
-    results = [None] * len(metas)
-    for counting in (False, True):                                       # the counting threshold where it applies
-        idx = [i for i, m in enumerate(metas) if (m["tag"] == "counting") == counting]
-        if idx:
-            found = detect(images[idx], COUNTING_THRESHOLD if counting else THRESHOLD)
-            for i, f in zip(idx, found):
-                results[i] = evaluate(f, metas[i])
-    return results
-
-
-def summarise(metas, results):
-    """-> {split: {task: accuracy, ..., 'overall': mean of the tasks present}} for 'seen', 'held-out' and 'all'."""
-    table = {}
-    for split in ("seen", "held-out", "all"):
-        row = {}
-        for task in TASKS:
-            hits = [r[0] for m, r in zip(metas, results) if m["tag"] == task and split in ("all", m.get("split"))]
-            if hits:
-                row[task] = float(np.mean(hits))
-        if row:
-            row["overall"] = float(np.mean(list(row.values())))
-            table[split] = row
-    return table
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Checking the detector: ground-truth renders, and renders with one deliberate error.
-# ----------------------------------------------------------------------------------------------------------------
-def wrong_spec(meta, rng):
-    """The metadata with one deliberate error, the scene then drawn from it: a wrong colour (colour tasks), a count
-    one off (counting), the opposite relation (position), a missing object (two objects), another shape (single)."""
-    spec = json.loads(json.dumps(meta))
-    groups = spec["include"]
-    if meta["tag"] in ("colors", "color_attr"):
-        g = groups[int(rng.integers(len(groups)))]
-        g["color"] = str(rng.choice([c for c in COLOURS if c != g["color"]]))
-    elif meta["tag"] == "counting":
-        groups[0]["count"] += 1 if groups[0]["count"] == 2 or rng.random() < 0.5 else -1
-    elif meta["tag"] == "position":
-        rel = groups[1]["position"][0]
-        groups[1]["position"] = [RELATIONS[RELATIONS.index(rel) ^ 1], 0]        # left <-> right, above <-> below
-    elif meta["tag"] == "two_object":
-        del groups[int(rng.integers(2))]
-    else:
-        groups[0]["class"] = str(rng.choice([s for s in SHAPES if s != groups[0]["class"]]))
-    return spec
-
-
-def check_detector(repeats=20, seed=0):
-    """Per task: the fraction of ground-truth renders judged correct, and of renders with one deliberate error
-    judged correct (which must be near 0)."""
-    rng = np.random.default_rng(seed)
-    metas = [m for m in geneval_metadata() for _ in range(repeats)]
-    truth = score_images(render_batch([scene_for(m, rng) for m in metas]), metas)
-    wrong = score_images(render_batch([scene_for(wrong_spec(m, rng), rng) for m in metas]), metas)
-    table = {}
-    for task in TASKS:
-        idx = [i for i, m in enumerate(metas) if m["tag"] == task]
-        table[task] = dict(images=len(idx), truth_correct=float(np.mean([truth[i][0] for i in idx])),
-                           error_judged_correct=float(np.mean([wrong[i][0] for i in idx])))
-    return table, [(metas[i]["prompt"], truth[i][1]) for i in range(len(metas)) if not truth[i][0]]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -402,10 +193,15 @@ def main(argv=None):
         return
     if a.command == "detector":
         table, misses = check_detector(check_range("--repeats", a.repeats, low=1), a.seed)
-        print("| task | renders | ground truth judged correct | with a deliberate error judged correct |")
-        print("|---|---|---|---|")
+        folder = text_to_image_folder(a.teacher, a.teacher_ckpt, verbose=False)[1]
+        noise = noise_floor(load_meissonic(folder, SIZE, verbose=False)[1], 4, a.seed)["all"]
+        print("| task | renders | ground truth judged correct | with a deliberate error judged correct | random VQ "
+              "ids judged correct (4 a prompt) |")
+        print("|---|---|---|---|---|")
         for task, row in table.items():
-            print(f"| {task} | {row['images']} | {row['truth_correct']:.4f} | {row['error_judged_correct']:.4f} |")
+            print(f"| {task} | {row['images']} | {row['truth_correct']:.4f} | {row['error_judged_correct']:.4f} | "
+                  f"{noise[task]:.4f} |")
+        print(f"random VQ ids ({folder}/vqvae) overall: {noise['overall']:.4f}")
         for prompt, reason in misses[:10]:
             print(f"missed: {prompt}: {reason}")
         return

@@ -352,11 +352,22 @@ class MeissonicTransformer(nn.Module):
     def logits(self, tokens, cond, drop_label=None):
         """tokens [B, N, 1] (row-major over the grid) and a TextCondition -> logits [B, N, 1, K]; drop_label [B]
         picks the negative prompt (CFG's unconditional branch)."""
+        return self.forward_embeddings(self.input_embed(self.features(tokens)), cond, drop_label)
+
+    def features(self, tokens):
+        """tokens [B, N, 1] -> the id grid [B, H, W] that ``embed`` reads."""
         b, n = tokens.shape[:2]
-        h, w = self.grid_of(n)
-        hidden, pooled, micro, timestep = cond.select(drop_label)
-        z = self(tokens.reshape(b, h, w), hidden, pooled, micro, timestep)          # [B, N, 1] -> [B, H, W]
-        return z.reshape(b, self.codebook_size, n).permute(0, 2, 1)[:, :, None]     # [B, K, H, W] -> [B, N, 1, K]
+        return tokens.reshape(b, *self.grid_of(n))                                   # [B, N, 1] -> [B, H, W]
+
+    def input_embed(self, ids):
+        """The output of ``embed`` [B, D, H, W]: where Di[M]O adds its sigma_init perturbation (generator.py)."""
+        return self.embed_ids(ids)
+
+    def forward_embeddings(self, x, cond, drop_label=None):
+        """The embedded (perhaps perturbed) ids x [B, D, H, W] and a TextCondition -> logits [B, N, 1, K]."""
+        b, _, h, w = x.shape
+        z = self.forward_embedded(x, *cond.select(drop_label))
+        return z.reshape(b, self.codebook_size, h * w).permute(0, 2, 1)[:, :, None]  # [B, K, H, W] -> [B, N, 1, K]
 
     def grid_of(self, n):
         """The token grid of n tokens: the configured one, else the square one."""

@@ -5,7 +5,9 @@ CLIP colour classifier).  Here the right answer to every prompt is known because
 
 * a **scene** is one to four shapes (``SHAPES``) in named colours (``COLOURS``: six of GenEval's ten, the ones that
   stay apart after a 4x4-pixel VQ token; no black, white, pink or brown) on a plain dark background, 48 x 48 pixels,
-  anti-aliased, objects never touching;
+  anti-aliased, objects never touching; every object has radius 7 and its centre on a corner of the VQ model's
+  4 x 4-pixel tokens, so it is the same ids wherever it stands, and no token shows two objects (``LATTICE``,
+  ``FOOTPRINT``; docs/text_to_image.md measures why: free radii and positions left the teacher blobs);
 * a **spec** says what a scene must hold, in GenEval's own metadata format (``include``: groups of {class, count,
   color?, position?}; ``exclude``): ``scene_for(spec)`` draws a scene that satisfies it, ``caption(spec)`` words it
   with some free variety, ``geneval_prompt(spec)`` words it exactly as GenEval's ``create_prompts.py`` does;
@@ -38,8 +40,9 @@ NUMBERS = ("zero", "one", "two", "three", "four")
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 HELD_OUT_COLOURED = (("purple", "triangle"), ("green", "circle"), ("orange", "square"), ("blue", "plus"))
 HELD_OUT_COUNTS = (("circle", 4), ("triangle", 3))
-RADIUS = (6.0, 8.0)                      # object radius range in pixels: 12-16 pixel objects
-GAP = 3.0                                # at least this many pixels between two objects' circumcircles
+RADIUS = 7.0                             # every object's radius in pixels: 14-pixel objects
+LATTICE = 4                              # centres on the VQ model's 4 x 4-pixel token corners (see scene_for)
+FOOTPRINT = 16                           # centres at least this far apart on one axis: no token holds two objects
 POSITION_THRESHOLD = 0.1                 # GenEval's
 AXIS_ANGLE = {"left of": math.pi, "right of": 0.0, "above": -math.pi / 2, "below": math.pi / 2}  # y grows down
 # each shape's extent in units of its radius: (left, top, right, bottom), so a box is known without rendering
@@ -137,18 +140,19 @@ def scene_for(spec, rng, train=False, tries=500):
             for _ in range(g["count"]):
                 colour = g.get("color") or str(rng.choice(allowed_colours(g["class"], train)))
                 for _ in range(50):
-                    r = rng.uniform(*RADIUS)
+                    r = RADIUS
                     cx, cy = rng.uniform(r + 1, SIZE - r - 1, 2)
                     if "position" in g:                                  # near the axis of the relation
                         rel, target = g["position"]
                         t = groups[target][int(rng.integers(len(groups[target])))]
                         angle = AXIS_ANGLE[rel] + rng.uniform(-0.6, 0.6)
-                        distance = rng.uniform(r + t[4] + GAP, SIZE / 1.5)
+                        distance = rng.uniform(FOOTPRINT, SIZE / 1.5)
                         cx, cy = t[2] + distance * math.cos(angle), t[3] + distance * math.sin(angle)
-                        if not (r + 1 <= cx <= SIZE - r - 1 and r + 1 <= cy <= SIZE - r - 1):
-                            continue
+                    cx, cy = (LATTICE * round(c / LATTICE) for c in (cx, cy))  # an object is the same ids anywhere
+                    if not (r + 1 <= cx <= SIZE - r - 1 and r + 1 <= cy <= SIZE - r - 1):
+                        continue
                     obj = (g["class"], colour, float(cx), float(cy), float(r))
-                    if any(np.hypot(cx - o[2], cy - o[3]) < r + o[4] + GAP for o in scene):
+                    if any(max(abs(cx - o[2]), abs(cy - o[3])) < FOOTPRINT for o in scene):
                         continue
                     if "position" in g:
                         if not all(clearly(rel, box_of(obj), box_of(t)) for t in groups[target]):
@@ -268,6 +272,12 @@ def training_batch(n, seed):
         captions.append(caption(spec, rng))
         specs.append(spec)
     return render_batch(scenes), captions, specs
+
+
+def training_captions(n, seed):
+    """n training captions, deterministic in seed, without their scenes: the prompts of a data-free distillation."""
+    rng = np.random.default_rng(seed)
+    return [caption(training_spec(rng), rng) for _ in range(n)]
 
 
 def geneval_metadata():

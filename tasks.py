@@ -34,14 +34,15 @@ from toy_vocab import OracleTeacher, ToyTransformer, check_joint, empirical, pre
     reference_tvs, total_variation
 
 # the paper's: training draws at temperature 1, inference at the training sigma (no sigma tuning)
-IMAGE_DEFAULTS = dict(eval_n=2000, ema=0.9999, train_temperature=1.0, tune_sigma="", recall_margin=0.02)
+IMAGE_DEFAULTS = dict(schedule="arccos", eval_n=2000, ema=0.9999, train_temperature=1.0, tune_sigma="",
+                      recall_margin=0.02)
 # measured here (docs/toy_vocab.md): 2 auxiliary updates at 3x the lr of one and the generator's lr decayed
 # over the second half keep the auxiliary model up with the generator (a lagging one over-sharpens it); r_init 0.3
 # (not 0.5) gives short sequences enough distinct initial inputs (L=3 at 0.5 leaves about a dozen) and 3000 steps
 # let the longest joints converge; 100k samples bring the sampling floor of TV down to about 0.02 for 1000 outcomes;
 # an EMA of about 100 steps (0.99), since the decaying lr already settles the weights and a longer one lags them
-TOY_VOCAB_DEFAULTS = dict(steps=3000, batch_size=256, lr=3e-4, lr_aux=3e-3, normalisation="mean", label_smoothing=0.0,
-                          eval_n=100000, r_init="0.3", sigma_init=0.1, teacher_cfg=1.0, gen_temperature=1.0,
+TOY_VOCAB_DEFAULTS = dict(schedule="arccos", steps=3000, batch_size=256, lr=3e-4, lr_aux=3e-3, normalisation="mean",
+                          label_smoothing=0.0, eval_n=100000, r_init="0.3", sigma_init=0.1, teacher_cfg=1.0, gen_temperature=1.0,
                           aux_updates=2, lr_decay=0.5, ema=0.99, train_temperature=1.0, tune_sigma="",
                           recall_margin=0.02)
 
@@ -115,10 +116,14 @@ def common_setup(a, rt, teacher, student):
     for model in (teacher, gen, aux):                                   # --compile: the transformer passes
         if a.compile and hasattr(model, "forward_embeddings"):
             model.forward_embeddings = rt.compile(model.forward_embeddings)
-    # w_dimo, extra_terms, after_step, extra_state: the seams through which soft_refine.py adds its losses, its
-    # discriminator update and their checkpointed state to distill.py's loop (plain Di[M]O uses none of them).
+
+    def draw_labels(batch, rng):                                         # a training batch's conditions: class ids
+        return torch.randint(0, teacher.nclass, (batch,), generator=rng).to(rt.device)
+    # draw_labels (text_task.py: prompts), w_dimo, extra_terms, after_step, extra_state: the seams through which a
+    # text teacher's conditions, and soft_refine.py's losses, discriminator update and their checkpointed state,
+    # enter distill.py's loop (plain class-to-image Di[M]O uses none of them).
     return SimpleNamespace(args=a, rt=rt, teacher=teacher, gen=gen, aux=aux, ema=ema, opt_g=opt_g, opt_aux=opt_aux,
-                           gen_call=ddp.wrap(gen, generator_logits),
+                           draw_labels=draw_labels, gen_call=ddp.wrap(gen, generator_logits),
                            aux_call=ddp.wrap(aux, lambda m, tokens, labels: m.logits(tokens, labels)),
                            w_dimo=1.0, extra_terms=[], after_step=[], extra_state={})
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import geneval_rules as rules
 import geneval_toy as gt
 import scenes
 from config import PRESETS, UserError
@@ -38,9 +39,26 @@ def test_training_never_holds_a_held_out_composition():
     assert not any(scenes.is_held_out(s) for s in specs)
     for colour, shape in scenes.HELD_OUT_COLOURED:
         assert not any(f"{colour} {shape}" in c for c in captions)
-    for found in gt.detect(images):                                      # in the images too
+    for found in rules.detect(images):                                      # in the images too
         assert not any((o[2], shape) in scenes.HELD_OUT_COLOURED for shape, objs in found.items() for o in objs)
         assert not any((shape, len(objs)) in scenes.HELD_OUT_COUNTS for shape, objs in found.items())
+
+
+def test_objects_sit_on_the_token_lattice_and_never_share_a_token():
+    _, _, specs = scenes.training_batch(40, seed=1)
+    rng = np.random.default_rng(1)
+    for spec in specs:
+        scene = scenes.scene_for(spec, rng)
+        owner = np.full((scenes.SIZE // 4, scenes.SIZE // 4), -1)                  # which object each token shows
+        for i, obj in enumerate(scene):
+            assert obj[2] % 4 == 0 and obj[3] % 4 == 0 and obj[4] == scenes.RADIUS    # the VQ model's 4 x 4 tokens
+            drawn = np.abs(scenes.render([obj]) - scenes.render([])).sum(0) > 0   # [H, W]
+            tokens = drawn.reshape(scenes.SIZE // 4, 4, scenes.SIZE // 4, 4).any((1, 3))   # [h, w]
+            assert (owner[tokens] == -1).all(), f"two objects in one token: {scene}"
+            owner[tokens] = i
+    a = scenes.render([("triangle", "red", 12.0, 16.0, scenes.RADIUS)])
+    b = scenes.render([("triangle", "red", 28.0, 24.0, scenes.RADIUS)])
+    assert np.array_equal(a[:, 4:28, 0:24], b[:, 12:36, 16:40])                     # same pixels, moved by tokens
 
 
 def test_a_positioned_scene_has_its_relation_alone_under_genevals_rule():
@@ -91,27 +109,27 @@ def det(box, colour="red", conf=0.9):
 def test_counting_is_exact_through_the_exclude_clause():
     meta = dict(tag="counting", include=[{"class": "circle", "count": 2}], exclude=[{"class": "circle", "count": 3}])
     two = {"circle": [det((0, 0, 5, 5)), det((10, 0, 15, 5))]}
-    assert gt.evaluate(two, meta)[0]
-    assert not gt.evaluate({"circle": two["circle"][:1]}, meta)[0]
+    assert rules.evaluate(two, meta)[0]
+    assert not rules.evaluate({"circle": two["circle"][:1]}, meta)[0]
     three = {"circle": two["circle"] + [det((20, 0, 25, 5))]}
-    ok, reason = gt.evaluate(three, meta)
+    ok, reason = rules.evaluate(three, meta)
     assert not ok and "circle<3" in reason
 
 
 def test_colour_is_checked_on_the_most_confident_detections():
     meta = dict(tag="colors", include=[{"class": "square", "count": 1, "color": "blue"}])
-    assert gt.evaluate({"square": [det((0, 0, 5, 5), "blue", 0.9), det((9, 0, 14, 5), "red", 0.8)]}, meta)[0]
-    assert not gt.evaluate({"square": [det((0, 0, 5, 5), "red", 0.9), det((9, 0, 14, 5), "blue", 0.8)]}, meta)[0]
+    assert rules.evaluate({"square": [det((0, 0, 5, 5), "blue", 0.9), det((9, 0, 14, 5), "red", 0.8)]}, meta)[0]
+    assert not rules.evaluate({"square": [det((0, 0, 5, 5), "red", 0.9), det((9, 0, 14, 5), "blue", 0.8)]}, meta)[0]
 
 
 def test_position_needs_the_relation_against_the_target_group():
     meta = dict(tag="position", include=[{"class": "square", "count": 1},
                                          {"class": "circle", "count": 1, "position": ["left of", 0]}])
     square = {"square": [det((30, 10, 40, 20))]}
-    assert gt.evaluate({**square, "circle": [det((0, 10, 10, 20))]}, meta)[0]
-    ok, reason = gt.evaluate({**square, "circle": [det((40, 10, 50, 20))]}, meta)
+    assert rules.evaluate({**square, "circle": [det((0, 10, 10, 20))]}, meta)[0]
+    ok, reason = rules.evaluate({**square, "circle": [det((40, 10, 50, 20))]}, meta)
     assert not ok and "right of" in reason
-    ok, reason = gt.evaluate({"circle": [det((0, 10, 10, 20))]}, meta)
+    ok, reason = rules.evaluate({"circle": [det((0, 10, 10, 20))]}, meta)
     assert not ok and "no target" in reason
 
 
@@ -122,15 +140,21 @@ def test_the_detector_passes_ground_truth_and_fails_deliberate_errors():
     rng = np.random.default_rng(1)
     meta = scenes.geneval_metadata()
     picks = [m for t in scenes.TASKS for m in [r for r in meta if r["tag"] == t][:3]]
-    truth = gt.score_images(scenes.render_batch([scenes.scene_for(m, rng) for m in picks]), picks)
-    wrong = gt.score_images(scenes.render_batch([scenes.scene_for(gt.wrong_spec(m, rng), rng) for m in picks]), picks)
+    truth = rules.score_images(scenes.render_batch([scenes.scene_for(m, rng) for m in picks]), picks)
+    wrong = rules.score_images(scenes.render_batch([scenes.scene_for(rules.wrong_spec(m, rng), rng) for m in picks]),
+                               picks)
     assert all(r[0] for r in truth), [(m["prompt"], r[1]) for m, r in zip(picks, truth) if not r[0]]
     assert not any(r[0] for r in wrong), [m["prompt"] for m, r in zip(picks, wrong) if r[0]]
 
 
+def test_the_detector_finds_no_objects_in_noise():
+    vq = load_meissonic(BUNDLED, scenes.SIZE, verbose=False)[1]
+    assert rules.noise_floor(vq, repeats=1)["all"]["overall"] < 0.1   # 0.28 without the size rule and MIN_AREA
+
+
 def test_the_detector_reads_blended_edges_as_their_own_colour():
-    image = torch.tensor(scenes.render([("triangle", "yellow", 20.0, 20.0, 6.0)]))[None]
-    found = gt.detect(image)[0]
+    image = torch.tensor(scenes.render([("triangle", "yellow", 20.0, 20.0, scenes.RADIUS)]))[None]
+    found = rules.detect(image)[0]
     assert list(found) == ["triangle"] and found["triangle"][0][2] == "yellow"       # no orange rim
 
 

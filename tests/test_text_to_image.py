@@ -199,12 +199,12 @@ def test_negative_prompt_is_the_unconditional_branch_and_guidance_1_the_conditio
 
 def test_the_sampler_passes_the_pipelines_step_counter(loaded, monkeypatch):
     transformer, seen = loaded[0], []
-    forward = transformer.forward
+    forward = transformer.forward_embedded                             # (x, hidden, pooled, micro, timestep)
 
     def spy(*args, **kwargs):
         seen.append(args[4][0].item() if args[4] is not None else None)
         return forward(*args, **kwargs)
-    monkeypatch.setattr(transformer, "forward", spy)
+    monkeypatch.setattr(transformer, "forward_embedded", spy)
     for counter, want in ((True, [4.0, 3.0, 2.0, 1.0, 0.0]), (False, [None] * 5)):
         seen.clear()
         sample(transformer, condition(loaded, ["a plus"], counter=counter), 5, schedule="cosine", guidance=2.0,
