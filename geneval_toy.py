@@ -52,6 +52,23 @@ def read_metadata(path):
     return rows
 
 
+def sampled_images(model, vq, condition, prompts, settings, seed, batch=200):
+    """Images [n, 3, H, W] of n prompts sampled by a text-to-image teacher with the sampler settings, batch by
+    batch from one generator seeded with seed; condition: a list of prompts -> their TextCondition."""
+    gen, out = torch.Generator().manual_seed(seed), []
+    for i in range(0, len(prompts), batch):
+        tokens = sample(model, condition(prompts[i:i + batch]), generator=gen, **settings)
+        out.append(tokens_to_images(model, vq, tokens))
+    return torch.cat(out)
+
+
+def render_features(tower, metas, seed):
+    """FID's reference: a render of every metadata line, drawn with seed, in the toy image tower's features."""
+    rng = np.random.default_rng(seed)
+    with torch.no_grad():
+        return tower.features(render_batch([scene_for(m, rng) for m in metas]))
+
+
 class T2I:
     """A text-to-image teacher loaded from a folder, with its preset's prompt settings, and a sampler of images."""
 
@@ -63,13 +80,10 @@ class T2I:
         self.micro = micro_conds(self.resolution, self.p["prompt"]["aesthetic"])
 
     def images(self, prompts, settings, seed, batch=200):
-        gen = torch.Generator().manual_seed(seed)
-        out = []
-        for i in range(0, len(prompts), batch):
-            cond = prompt_condition(self.tok, self.enc, prompts[i:i + batch], self.p["prompt"]["negative_prompt"],
-                                    self.micro, self.p["prompt"]["timestep"] == "counter")
-            out.append(tokens_to_images(self.model, self.vq, sample(self.model, cond, generator=gen, **settings)))
-        return torch.cat(out)
+        def condition(chunk):
+            return prompt_condition(self.tok, self.enc, chunk, self.p["prompt"]["negative_prompt"], self.micro,
+                                    self.p["prompt"]["timestep"] == "counter")
+        return sampled_images(self.model, self.vq, condition, prompts, settings, seed, batch)
 
 
 def write_geneval_folder(out, metas, images, per_prompt):
@@ -94,10 +108,8 @@ def teacher_table(t2i, metas, steps_list, settings, per_prompt, seed):
     of the same prompts (drawn with seed + 1) in the toy image tower's feature space."""
     reps = [m for m in metas for _ in range(per_prompt)]
     prompts = [m["prompt"] for m in reps]
-    rng = np.random.default_rng(seed + 1)
     tower = load_image_tower(t2i.folder)
-    with torch.no_grad():
-        real = tower.features(render_batch([scene_for(m, rng) for m in reps]))
+    real = render_features(tower, reps, seed + 1)
     rows = []
     for steps in steps_list:
         t0 = time.time()

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from checkpoints import load_folder
 from config import UserError
-from meissonic import feed_forward, modulate, run_ff
+from meissonic import TextCondition, feed_forward, modulate, run_ff
 
 
 class MaskGenCondition(NamedTuple):
@@ -48,13 +48,7 @@ class MaskGenCondition(NamedTuple):
     aesthetic: torch.Tensor       # [B]
     final: torch.Tensor           # [B, L, T]
 
-    @property
-    def shape(self):              # the batch, as for class labels [B]
-        return self.pooled.shape[:1]
-
-    @property
-    def device(self):
-        return self.pooled.device
+    shape, device = TextCondition.shape, TextCondition.device   # the batch [B] and device, read off ``pooled``
 
     def at_step(self, i, steps):  # no timestep: the same condition at every sampler step
         return self

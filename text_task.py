@@ -26,7 +26,6 @@ Shapes: B batch, N tokens, L text positions, J text width, P pooled width.
 import os
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -36,11 +35,12 @@ from data import save_image_grid
 from eval import frechet_distance
 from generator import draw_r_init, generate
 from geneval_rules import score_images, summarise
+from geneval_toy import render_features, sampled_images
 from meissonic import TextCondition
-from scenes import geneval_metadata, render_batch, scene_for, training_captions
+from scenes import geneval_metadata, training_captions
 from tasks import Stopwatch, common_setup, fill
 from tasks import build_task as class_task
-from teacher import load_meissonic, micro_conds, sample, text_to_image_folder, tokens_to_images
+from teacher import load_meissonic, micro_conds, text_to_image_folder, tokens_to_images
 from text_encoder import encode_prompts
 from train_t2i import load_image_tower
 
@@ -138,14 +138,9 @@ class TextTask:
     def teacher_condition(self, prompts):
         return self.pool.condition(prompts)._replace(counter=self.p["prompt"]["timestep"] == "counter")
 
-    def teacher_images(self, run, prompts, settings, seed, batch=200):
-        g, out = torch.Generator().manual_seed(seed), []
-        for i in range(0, len(prompts), batch):
-            cond = self.teacher_condition(prompts[i:i + batch])
-            with run.rt.autocast():
-                tokens = sample(run.teacher, cond, generator=g, **settings)
-            out.append(tokens_to_images(run.teacher, self.vq, tokens))
-        return torch.cat(out).float()
+    def teacher_images(self, run, prompts, settings, seed):
+        with run.rt.autocast():
+            return sampled_images(run.teacher, self.vq, self.teacher_condition, prompts, settings, seed)
 
     def one_step_images(self, run, prompts, temperature, seed, model=None, batch=200):
         """The EMA generator's (or model's) one-step images of prompts, at the training sigma_init."""
@@ -181,9 +176,8 @@ class TextTask:
         reps = [metas[i % len(metas)] for i in range(a.eval_n)]
         prompts = [m["prompt"] for m in reps]
         tower = load_image_tower(self.folder).to(run.rt.device)
-        with clock("renders"), torch.no_grad():
-            rng = np.random.default_rng(a.seed + 1)
-            real = tower.features(render_batch([scene_for(m, rng) for m in reps]))
+        with clock("renders"):
+            real = render_features(tower, reps, a.seed + 1)
         with clock("teacher samples"):
             teacher = self.teacher_images(run, prompts, self.sampler, a.seed)
             teacher_one = self.teacher_images(run, prompts, dict(self.sampler, steps=1), a.seed)
