@@ -212,7 +212,8 @@ for _name, _hub, _size in (("maskgen", "l", dict(decoder_embed_dim=1024, decoder
 # t2i) and shipped as a released-layout folder in assets/ (docs/text_to_image.md: the commands, times, choices).
 # Ours, not Meissonic's: the timestep is 0 in training and sampling (Di[M]O's convention; Meissonic trains on the
 # mask ratio and samples with the step counter, two different scales), the negative prompt is the empty one (the
-# caption-dropout branch), 16 steps by default, CFG w = 5 (the best of 2, 3, 5, 7, 9, 12 on GenEval-toy at seed 1).
+# caption-dropout branch), 16 steps by default, CFG w = 2 (the best of 1, 1.5, 2, 2.5, 3, 5, 8 on GenEval-toy at seed 1,
+# one sample a prompt, apart from the table's seed 0).
 PRESETS["meissonic-toy"] = dict(
     family="meissonic",
     generator=dict(num_layers=1, num_single_layers=3, attention_head_dim=32, num_attention_heads=4,
@@ -225,7 +226,7 @@ PRESETS["meissonic-toy"] = dict(
     text_encoder=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
                       projection_dim=128, max_position_embeddings=32, hidden_act="quick_gelu", layer_norm_eps=1e-5),
     sampler=dict(steps=16, schedule="cosine", temperature=1.0, randomize_temperature=2.0, remask="confidence",
-                 guidance=5.0, guidance_anneal="none", scale_pow=1.0, step_counts="maskbit", noise_anneal="halton"),
+                 guidance=2.0, guidance_anneal="none", scale_pow=1.0, step_counts="maskbit", noise_anneal="halton"),
     prompt=dict(negative_prompt="", resolution=48, aesthetic=6.0, timestep="zero"),
     distill=dict(steps=1000, batch_size=32, lr=3e-4, lr_aux=2e-3, normalisation="sum", label_smoothing=0.1,
                  r_init=0.5, sigma_init=0.3, teacher_cfg=4.0, gen_temperature=1.0, aux_updates=1, lr_decay=1.0,

@@ -31,7 +31,7 @@ from geneval_rules import check_detector, noise_floor, score_images, summarise
 from scenes import SHAPES, SIZE, TASKS, geneval_metadata, render_batch, scene_for
 from teacher import add_sampler_args, load_meissonic, micro_conds, prompt_condition, sample, sampler_settings
 from teacher import text_to_image_folder, tokens_to_images
-from train_t2i import background_patches, entropy_bits, load_image_tower
+from train_t2i import background_patches, code_bits_per_patch, entropy_bits, load_image_tower, patch_contents
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -124,7 +124,8 @@ def teacher_table(t2i, metas, steps_list, settings, per_prompt, seed):
 
 def token_report(t2i, renders, ids, prompts, seed, ratios=(0.1, 0.5, 0.9)):
     """What the VQ model's ids [B, h, w] of renders leave the teacher: the entropy (bits) of the ids of
-    plain-background patches, and the teacher's masked cross-entropy (nats) on plain and on object patches with a
+    plain-background patches, the bits of an id given its patch's pixels (0: a patch has one code anywhere), and the
+    teacher's masked cross-entropy (nats) on plain and on object patches with a
     share ``ratio`` of ids masked, given the prompt and (``_empty``) given the empty prompt: how much it reads the
     text."""
     gen = torch.Generator().manual_seed(seed)
@@ -132,7 +133,9 @@ def token_report(t2i, renders, ids, prompts, seed, ratios=(0.1, 0.5, 0.9)):
     with torch.no_grad():
         plain = background_patches(renders, t2i.vq.factor).view_as(ids)                # [B, N]
         report = dict(plain_share=round(plain.float().mean().item(), 3),
-                      plain_code_bits=round(entropy_bits(ids[plain]), 3))
+                      plain_code_bits=round(entropy_bits(ids[plain]), 3),
+                      code_bits_per_patch=round(code_bits_per_patch(ids.flatten(),
+                                                                    patch_contents(renders, t2i.vq.factor)[1]), 3))
         cond = prompt_condition(t2i.tok, t2i.enc, prompts, t2i.p["prompt"]["negative_prompt"], t2i.micro, False)
         keep = torch.zeros(len(ids), dtype=torch.bool)
         for ratio in ratios:

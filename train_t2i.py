@@ -7,7 +7,8 @@ config.json and .safetensors), so ``teacher.load_meissonic`` loads it exactly as
 1. ``python train.py vq --out DIR``: diffusers' VQModel (vq_model.py) as a VQ-VAE: reconstruction L1 + L2 of the
    decoded straight-through latents, codebook and commitment terms (beta 0.25), unused codes restarted from
    encoder outputs every 200 steps; and, ours, for a teacher that can predict its tokens: plain-background patches
-   pulled to one latent and kept on one code (``train_vq`` says why).  No perceptual or GAN loss at this size.
+   pulled to one latent and kept on one code (``train_vq`` says why), then a second stage that gives every distinct
+   patch of the scenes its own code in any surroundings (``train_vq_dictionary``).  No perceptual or GAN loss.
 2. ``python train.py text --out DIR``: a byte-level BPE vocabulary learned on the training captions (CLIP's format:
    256 byte symbols, the same with '</w>', the merges in order, start and end of text), then CLIP's text transformer
    (text_encoder.py) trained contrastively against a small convolutional image tower on (render, caption) pairs, as
@@ -90,6 +91,23 @@ def background_patches(images, factor):
     return plain.flatten()
 
 
+def patch_contents(images, factor):
+    """images [B, 3, H, W] -> (contents [G, 3 f f] uint8, the distinct f x f patches, and [B h w] each token's
+    index among them).  Pixels are compared to 1/255."""
+    patch = images.unfold(2, factor, factor).unfold(3, factor, factor)         # [B, 3, h, w, f, f]
+    patch = patch.permute(0, 2, 3, 1, 4, 5).flatten(3).flatten(0, 2)          # [Bhw, 3ff]
+    return torch.unique((patch * 255).round().to(torch.uint8), dim=0, return_inverse=True)
+
+
+def code_bits_per_patch(ids, content):
+    """H(id | patch content) in bits over tokens ids [n] with content indices [n]: 0 when every patch content
+    always gets one id, whatever surrounds it."""
+    k = int(ids.max()) + 1
+    c = torch.bincount(content * k + ids, minlength=(int(content.max()) + 1) * k).view(-1, k).float()  # [G, K]
+    p = c / c.sum(1, keepdim=True).clamp_min(1)
+    return float(-(c * p.clamp_min(1e-30).log2()).sum() / c.sum()) + 0.0         # + 0.0: no "-0.0" in reports
+
+
 def entropy_bits(ids):
     """The entropy in bits of the empirical distribution of ids (a 1-d integer tensor)."""
     p = torch.bincount(ids).float()
@@ -154,13 +172,60 @@ def train_vq(vq, images, steps, batch_size, lr, warmup, gen, beta=0.25, backgrou
     return losses
 
 
+def train_vq_dictionary(vq, images, steps, batch_size, lr, warmup, gen, progress=True):
+    """The second VQ stage (ours): one code per distinct patch of the training scenes, whatever surrounds it.
+    However well stage 1 reconstructs, its encoder sees past its patch (its convolutions' reach; group norm over the
+    whole image), so one patch gets several codes in different scenes (2.6 bits a patch on the third world), and the
+    teacher must guess among them although the scene fixes the pixels.  The scenes hold few distinct patches (212 in
+    20,000: objects sit on the token lattice, one to a token), so each gets its own code, initialised at its mean
+    stage-1 latent, the commonest patch first; then encoder, codebook and decoder learn that assignment: cross-entropy
+    of the patch's code under softmax(-||z - e_k||^2), the nearest-code rule of ``encode``, plus L1 + L2
+    reconstruction of the decoded assigned codes.  Patches never seen (held-out colour-shape pairs) land on the
+    nearest code.  Returns the loss of every step."""
+    contents, which = patch_contents(images, vq.factor)                         # [G, 3ff], [n h w]
+    codebook = vq.quantize.embedding.weight
+    if len(contents) > len(codebook):
+        raise UserError(f"the scenes hold {len(contents)} distinct patches but the VQ model has {len(codebook)} codes: "
+                        f"raise num_vq_embeddings in the preset or set --dictionary-steps 0")
+    order = torch.bincount(which).argsort(descending=True)
+    code_of = torch.empty(len(contents), dtype=torch.long)
+    code_of[order] = torch.arange(len(contents))                                # commonest patch -> code 0
+    which = which.view(len(images), -1)                                         # [n h w] -> [n, h w]
+    vq.eval()
+    with torch.no_grad():
+        sums = torch.zeros(len(contents), codebook.shape[1])
+        for x, w in zip(images.split(500), which.split(500)):
+            z = vq.encode_latents(x)
+            sums.index_add_(0, w.flatten(), z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))  # [B, C, h, w] -> [Bhw, C]
+        codebook[code_of] = sums / torch.bincount(which.flatten(), minlength=len(contents)).unsqueeze(1)
+    vq.train()
+    opt = torch.optim.Adam(vq.parameters(), lr=lr)
+    losses = []
+    for step in tqdm(range(steps), desc="vq dictionary", mininterval=2, disable=not progress):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr, warmup)
+        idx = torch.randint(len(images), (batch_size,), generator=gen)
+        x, target = images[idx], code_of[which[idx]]                            # [B, 3, H, W], [B, h w]
+        z = vq.encode_latents(x)                                                 # [B, C, h, w]
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])                     # [B, C, h, w] -> [Bhw, C]
+        recon = vq.decode(target.view(len(x), *z.shape[2:]))                     # [B, h w] -> [B, h, w]
+        loss = F.cross_entropy(-torch.cdist(flat, codebook).pow(2), target.flatten()) \
+            + (recon - x).abs().mean() + F.mse_loss(recon, x)
+        optimise(opt, vq, loss, "vq dictionary", step)
+        losses.append(loss.item())
+    return losses
+
+
 def main_vq(argv=None):
     p = stage_args("vq", "train the toy VQ model (Meissonic's VQModel class)", 2000, 16, 1e-3, 20000)
     p.add_argument("--background-weight", type=float, default=1.0,
                    help="pull plain-background latents together and keep them on one code (0: off; train_vq says why)")
+    p.add_argument("--dictionary-steps", type=int, default=2000,
+                   help="steps of the second stage, one code per distinct patch (0: off; train_vq_dictionary says why)")
     a = p.parse_args(argv)
     gen = check_stage(a)
     check_range("--background-weight", a.background_weight, low=0)
+    check_range("--dictionary-steps", a.dictionary_steps, low=0)
     config = dict(_class_name="VQModel", in_channels=3, out_channels=3, act_fn="silu", norm_type="group",
                   vq_embed_dim=None, sample_size=48, **get_preset(PRESET)["tokenizer"])
     vq = VQModel(**config)
@@ -168,6 +233,8 @@ def main_vq(argv=None):
     held, _, _ = training_batch(min(500, a.scenes), TRAIN_SEED + 1000 + a.seed)
     t0 = time.time()
     losses = train_vq(vq, images, a.steps, a.batch_size, a.lr, a.warmup, gen, background_weight=a.background_weight)
+    if a.dictionary_steps:
+        losses = train_vq_dictionary(vq, images, a.dictionary_steps, a.batch_size, a.lr, a.warmup, gen)
     vq.eval()
     with torch.no_grad():
         ids = vq.encode(held)[1]
@@ -176,7 +243,9 @@ def main_vq(argv=None):
                  final_loss=round(losses[-1], 4), psnr_held_out=round(psnr(recon, held), 2),
                  codes_used_held_out=int(ids.unique().numel()),
                  plain_patch_code_bits=round(entropy_bits(ids.flatten()[background_patches(held, vq.factor)]), 3),
-                 background_weight=a.background_weight, steps=a.steps, seed=a.seed)
+                 code_bits_per_patch=round(code_bits_per_patch(ids.flatten(), patch_contents(held, vq.factor)[1]), 3),
+                 background_weight=a.background_weight, steps=a.steps, dictionary_steps=a.dictionary_steps,
+                 seed=a.seed)
     write_part(a.out, "vqvae", config, vq, stats)
     print(f"wrote {a.out}/vqvae: {stats}")
 

@@ -16,7 +16,9 @@ import scenes
 from config import PRESETS, UserError
 from teacher import load_meissonic, main_sample
 from text_encoder import EOS, CLIPTokenizer
-from train_t2i import background_patches, codes_to_restart, entropy_bits, learn_bpe
+from train_t2i import (background_patches, code_bits_per_patch, codes_to_restart, entropy_bits, learn_bpe,
+                       patch_contents, train_vq_dictionary)
+from vq_model import VQModel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLED = PRESETS["meissonic-toy"]["bundled"]["folder"]
@@ -190,7 +192,9 @@ def test_the_three_stages_write_a_meissonic_folder_that_loads_strictly(tmp_path,
     import train
     out = str(tmp_path / "world")
     for stage in ("vq", "text", "t2i"):
-        train.main([stage, "--out", out, "--steps", "2", "--scenes", "40", "--batch-size", "4", "--warmup", "1"])
+        extra = ["--dictionary-steps", "2"] if stage == "vq" else []
+        train.main([stage, "--out", out, "--steps", "2", "--scenes", "40", "--batch-size", "4", "--warmup", "1",
+                    *extra])
     model, vq, tok, enc = load_meissonic(out, 48, verbose=False)
     assert model.token_grid == (12, 12) and vq.factor == 4 and tok.known
     for sub in ("vqvae", "text_encoder", "transformer"):
@@ -208,6 +212,42 @@ def test_plain_patches_keep_one_code_at_a_restart():
     assert codes_to_restart(usage).tolist() == [0]                               # the rule off: unused only
 
 
+def tiled(n, kinds, seed, side=12):
+    """n images of side x side patches of 4 x 4 pixels, each patch one of ``kinds`` flat grey levels at random."""
+    g = torch.Generator().manual_seed(seed)
+    grid = torch.randint(kinds, (n, side, side), generator=g)
+    levels = torch.linspace(0.1, 0.9, kinds)
+    return levels[grid].repeat_interleave(4, 1).repeat_interleave(4, 2).unsqueeze(1).expand(-1, 3, -1, -1), grid
+
+
+def test_patch_contents_and_code_bits_on_hand_made_cases():
+    images, grid = tiled(3, 3, seed=0)
+    contents, which = patch_contents(images, 4)
+    assert len(contents) == 3 and torch.equal(which, grid.flatten())              # levels are sorted, so are contents
+    content = torch.tensor([0, 0, 1, 1])
+    assert code_bits_per_patch(torch.tensor([5, 5, 7, 7]), content) == 0.0
+    assert code_bits_per_patch(torch.tensor([5, 6, 7, 7]), content) == 0.5       # one of two patches a coin toss
+
+
+def test_the_dictionary_stage_gives_each_patch_one_code_whatever_surrounds_it():
+    torch.manual_seed(0)
+    vq = VQModel(block_out_channels=[8, 8, 8], down_block_types=["DownEncoderBlock2D"] * 3,
+                 up_block_types=["UpDecoderBlock2D"] * 3, layers_per_block=1, latent_channels=4,
+                 num_vq_embeddings=6, norm_num_groups=4, mid_block_add_attention=False, lookup_from_codebook=True)
+    images, grid = tiled(64, 4, seed=1, side=4)
+    test_images, test_grid = tiled(16, 4, seed=2, side=4)                        # the same patches, other contexts
+    with torch.no_grad():
+        before = vq.encode(test_images)[1].flatten()
+    train_vq_dictionary(vq, images, 100, 16, 1e-2, 5, torch.Generator().manual_seed(0), progress=False)
+    vq.eval()
+    with torch.no_grad():
+        ids = vq.encode(test_images)[1].flatten()
+    assert code_bits_per_patch(ids, test_grid.flatten()) == 0.0 and len(ids.unique()) == 4  # a code each, none shared
+    assert code_bits_per_patch(before, test_grid.flatten()) > 0 or len(before.unique()) < 4    # which it was not
+    with pytest.raises(UserError, match="distinct patches but the VQ model has 6 codes: raise num_vq_embeddings"):
+        train_vq_dictionary(vq, tiled(4, 7, seed=3, side=4)[0], 1, 4, 1e-3, 1, torch.Generator(), progress=False)
+
+
 @pytest.mark.skipif(not os.path.isdir(BUNDLED), reason="the bundled toy world is not in assets/")
 def test_token_report_reads_the_ids_the_teacher_must_predict():
     assert entropy_bits(torch.tensor([4, 4, 9, 9])) == 1.0 and entropy_bits(torch.tensor([3, 3, 3])) == 0.0
@@ -218,6 +258,7 @@ def test_token_report_reads_the_ids_the_teacher_must_predict():
     report = gt.token_report(t2i, renders, ids, [m["prompt"] for m in metas], 0, ratios=(0.5,))
     assert report["plain_share"] == round(background_patches(renders, 4).float().mean().item(), 3)
     assert 0 <= report["plain_code_bits"] <= 8 and 0 < report["ce_plain@0.5"] < report["ce_object@0.5"]
+    assert report["code_bits_per_patch"] == round(code_bits_per_patch(ids.flatten(), patch_contents(renders, 4)[1]), 3)
     assert report["ce_object_empty@0.5"] != report["ce_object@0.5"]          # the empty prompt is another condition
 
 
