@@ -9,9 +9,9 @@ a prompt where the class was:
 * a batch's prompts are drawn uniformly from the pool and encoded by the frozen CLIP text encoder once per batch
   (``PromptPool.condition``; the negative prompt once per run): a ``meissonic.TextCondition`` is the batch's
   ``labels`` everywhere in distill.py, through the ``run.draw_labels`` seam;
-* the **teacher** is guided, w = ``--teacher-cfg`` (the paper's 4), against the **negative prompt** as its
-  unconditional branch (``masking.guided_logits``); the **auxiliary model** is unguided; the generator is
-  conditional and never guided;
+* the **teacher** is guided, w = ``--teacher-cfg`` (the paper's 4; the toy preset's 2), against the **negative
+  prompt** as its unconditional branch (``masking.guided_logits``); the **auxiliary model** is unguided; the
+  generator is conditional and never guided;
 * the timestep is 0 for every network (the official code casts the ratio to long), sigma_init perturbs the output
   of ``embed`` (``MeissonicTransformer.input_embed``), ``embed`` and ``mlm_layer`` are frozen (``FROZEN``).
 

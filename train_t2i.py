@@ -105,14 +105,14 @@ def code_bits_per_patch(ids, content):
     k = int(ids.max()) + 1
     c = torch.bincount(content * k + ids, minlength=(int(content.max()) + 1) * k).view(-1, k).float()  # [G, K]
     p = c / c.sum(1, keepdim=True).clamp_min(1)
-    return float(-(c * p.clamp_min(1e-30).log2()).sum() / c.sum()) + 0.0         # + 0.0: no "-0.0" in reports
+    return float(-(c * p.clamp_min(1e-30).log2()).sum() / c.sum()) + 0.0        # + 0.0: as in entropy_bits
 
 
 def entropy_bits(ids):
     """The entropy in bits of the empirical distribution of ids (a 1-d integer tensor)."""
     p = torch.bincount(ids).float()
     p = p[p > 0] / p.sum()
-    return float(-(p * p.log2()).sum())
+    return float(-(p * p.log2()).sum()) + 0.0                                    # + 0.0: no "-0.0" in reports
 
 
 def codes_to_restart(usage, plain_usage=None):

@@ -257,7 +257,7 @@ def test_token_report_reads_the_ids_the_teacher_must_predict():
     ids = t2i.vq.encode(renders)[1]
     report = gt.token_report(t2i, renders, ids, [m["prompt"] for m in metas], 0, ratios=(0.5,))
     assert report["plain_share"] == round(background_patches(renders, 4).float().mean().item(), 3)
-    assert 0 <= report["plain_code_bits"] <= 8 and 0 < report["ce_plain@0.5"] < report["ce_object@0.5"]
+    assert 0 <= report["plain_code_bits"] <= 8 and 0 <= report["ce_plain@0.5"] < report["ce_object@0.5"]
     assert report["code_bits_per_patch"] == round(code_bits_per_patch(ids.flatten(), patch_contents(renders, 4)[1]), 3)
     assert report["ce_object_empty@0.5"] != report["ce_object@0.5"]          # the empty prompt is another condition
 

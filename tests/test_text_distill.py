@@ -50,7 +50,7 @@ def test_the_prompt_reaches_teacher_with_the_negative_prompt_and_the_auxiliary_m
     assert cond.timestep is None and not cond.counter                  # timestep 0 for every network
     aux_cond, aux_drop = calls["aux"]
     assert aux_drop is None and torch.equal(aux_cond.pooled, labels.pooled)   # the auxiliary model: no guidance
-    assert run.args.teacher_cfg == 4.0 and run.args.schedule == "cosine" and run.args.r_init == 0.5
+    assert run.args.teacher_cfg == 2.0 and run.args.schedule == "cosine" and run.args.r_init == 0.5
 
 
 def test_sigma_perturbs_the_output_of_embed_as_the_official_variant(tmp_path):
