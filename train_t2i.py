@@ -84,18 +84,21 @@ def check_stage(a):
 # ----------------------------------------------------------------------------------------------------------------
 # 1. The VQ model.
 # ----------------------------------------------------------------------------------------------------------------
+def token_patches(images, factor):
+    """images [B, 3, H, W] -> [B h w, 3, f f]: each token's f x f patch, in the order of the VQ model's ids."""
+    patch = images.unfold(2, factor, factor).unfold(3, factor, factor)         # [B, 3, h, w, f, f]
+    return patch.permute(0, 2, 3, 1, 4, 5).flatten(4).flatten(0, 2)            # -> [Bhw, 3, ff]
+
+
 def background_patches(images, factor):
     """images [B, 3, H, W] -> [B h w] True where a token's f x f patch is plain background (scenes.BACKGROUND)."""
-    patch = images.unfold(2, factor, factor).unfold(3, factor, factor)         # [B, 3, h, w, f, f]
-    plain = (patch - torch.tensor(BACKGROUND).view(1, 3, 1, 1, 1, 1)).abs().amax((1, 4, 5)) < 1e-6  # [B, h, w]
-    return plain.flatten()
+    return (token_patches(images, factor) - torch.tensor(BACKGROUND).view(1, 3, 1)).abs().amax((1, 2)) < 1e-6
 
 
 def patch_contents(images, factor):
     """images [B, 3, H, W] -> (contents [G, 3 f f] uint8, the distinct f x f patches, and [B h w] each token's
     index among them).  Pixels are compared to 1/255."""
-    patch = images.unfold(2, factor, factor).unfold(3, factor, factor)         # [B, 3, h, w, f, f]
-    patch = patch.permute(0, 2, 3, 1, 4, 5).flatten(3).flatten(0, 2)          # [Bhw, 3ff]
+    patch = token_patches(images, factor).flatten(1)                           # [Bhw, 3, ff] -> [Bhw, 3ff]
     return torch.unique((patch * 255).round().to(torch.uint8), dim=0, return_inverse=True)
 
 
